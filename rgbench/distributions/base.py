@@ -1,0 +1,342 @@
+"""Shared machinery of the perturbed-algorithm distributions.
+
+Convention (DESIGN §2): ``logits`` are log-rates. Utilities E_i ~ Exp(lambda_i) with
+lambda = exp(logits); the algorithm only takes argmins of E, so P(argmin = i) =
+softmax(logits)_i and a higher logit is picked earlier. Positions a structure cannot use
+(``-inf`` logits, the diagonal of a graph, edges into a root) carry E = +inf.
+
+A structure implements three batched kernels: :meth:`StructuredDistribution.solve` (the
+algorithm on given noise), :meth:`~StructuredDistribution.indicator` and
+:meth:`~StructuredDistribution._draw_sets` (for each draw of a trace, its candidate set and
+its argmin). From the draw sets this class derives the trace log-probability and the
+conditional noise E | T for every structure; enumeration comes from the structure's
+:class:`~rgbench.distributions.recursion.Recursion`.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from functools import cached_property
+from typing import Any, Iterator, NamedTuple
+
+import torch
+from torch.distributions import Distribution, constraints
+
+from rgbench.distributions import recursion as spec
+
+Trace = Any  # a LongTensor, or a NamedTuple of tensors for structures with richer traces
+
+
+class TraceSample(NamedTuple):
+    """A sample X, its execution trace T and the noise E that produced both."""
+
+    x: torch.Tensor
+    trace: Trace
+    noise: torch.Tensor
+
+
+class Enumeration(NamedTuple):
+    """Every trace of one instance: ``traces`` and ``x`` stacked along a leading axis of
+    size N, ``log_probs`` of shape [N] (differentiable w.r.t. the logits)."""
+
+    traces: Trace
+    log_probs: torch.Tensor
+    x: torch.Tensor
+
+
+class DrawSet(NamedTuple):
+    """D draws of a trace at once. ``candidates`` [..., D, K] bool over the flattened
+    logits, ``chosen`` [..., D] long (a flat index), ``active`` [..., D] bool (False for
+    padding)."""
+
+    candidates: torch.Tensor
+    chosen: torch.Tensor
+    active: torch.Tensor
+
+
+def _map_trace(fn, trace: Trace) -> Trace:
+    if isinstance(trace, torch.Tensor):
+        return fn(trace)
+    return type(trace)(*(fn(part) for part in trace))
+
+
+def _stack_traces(traces: list[Trace]) -> Trace:
+    if isinstance(traces[0], torch.Tensor):
+        return torch.stack(traces)
+    return type(traces[0])(*(torch.stack(parts) for parts in zip(*traces)))
+
+
+class StructuredDistribution(Distribution):
+    """Base class: a structured variable defined by a recursive algorithm on Exp noise.
+
+    Subclasses set ``logits_event_dim`` (1 for item scores, 2 for a score matrix), and
+    ``max_enumeration_size`` (the largest n whose traces :meth:`enumerate_traces` lists).
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    has_rsample = False
+    logits_event_dim: int = 1
+    max_enumeration_size: int = 6
+
+    def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
+        self.logits = self._check_logits(logits)
+        batch_shape = self.logits.shape[: -self.logits_event_dim]
+        self._check_structure()
+        super().__init__(batch_shape, self._x_event_shape(), validate_args=False)
+
+    # ------------------------------------------------------------------ validation
+    def _check_logits(self, logits: Any) -> torch.Tensor:
+        name = type(self).__name__
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f"{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise ValueError(f"{name}: logits must be a floating-point tensor, got dtype {logits.dtype}")
+        d = self.logits_event_dim
+        shape = "(..., n)" if d == 1 else "(..., n, n)"
+        if logits.dim() < d or (d == 2 and logits.shape[-1] != logits.shape[-2]):
+            raise ValueError(f"{name}: logits must have shape {shape}, got {tuple(logits.shape)}")
+        if logits.shape[-1] < 1:
+            raise ValueError(f"{name}: logits must have n >= 1 items, got shape {tuple(logits.shape)}")
+        bad = torch.isnan(logits) | torch.isposinf(logits)
+        if bad.any():
+            where = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(
+                f"{name}: logits must not contain NaN or +inf (found {logits[where].item()} at index {where})"
+            )
+        return logits
+
+    def _check_structure(self) -> None:
+        """Structure-specific checks on the logits (symmetry, connectivity, k <= n, ...)."""
+
+    def _check_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        event = self.logits.shape[-self.logits_event_dim :]
+        if not isinstance(noise, torch.Tensor) or noise.shape[noise.dim() - len(event) :] != event:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"{name}.solve: noise must have shape (..., {', '.join(map(str, event))}), got {got}")
+        if torch.isnan(noise).any():
+            raise ValueError(f"{name}.solve: noise contains NaN")
+        # Unusable positions must never win an argmin, whatever the caller put there.
+        return torch.where(self._usable, noise, torch.full_like(noise, float("inf")))
+
+    # ------------------------------------------------------------------ shape helpers
+    @property
+    def n(self) -> int:
+        return self.logits.shape[-1]
+
+    @abstractmethod
+    def _x_event_shape(self) -> torch.Size:
+        """The shape of one sample X."""
+
+    def _structural_mask(self) -> torch.Tensor:
+        """Positions the structure can ever choose, ignoring the logits' values."""
+        shape = self.logits.shape[-self.logits_event_dim :]
+        return torch.ones(shape, dtype=torch.bool, device=self.logits.device)
+
+    @cached_property
+    def _usable(self) -> torch.Tensor:
+        """Bool mask, shape of logits: finite logits at structurally usable positions."""
+        return self._structural_mask() & torch.isfinite(self.logits)
+
+    @cached_property
+    def _flat_logits(self) -> torch.Tensor:
+        return self.logits.flatten(-self.logits_event_dim)
+
+    def _extra_args(self) -> dict[str, Any]:
+        """Constructor arguments besides the logits (k, root, ...)."""
+        return {}
+
+    def expand(self, batch_shape, _instance=None):
+        event = self.logits.shape[-self.logits_event_dim :]
+        return type(self)(self.logits.expand(torch.Size(batch_shape) + event), **self._extra_args())
+
+    @classmethod
+    def default_args(cls, n: int) -> dict[str, Any]:
+        """Constructor arguments besides the logits that a size-n benchmark instance uses."""
+        return {}
+
+    @classmethod
+    def random_logits(
+        cls,
+        n: int,
+        batch_shape=torch.Size(),
+        scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Logits ~ Normal(0, scale^2) i.i.d., shape ``batch_shape + (n,)*logits_event_dim``
+        (structures with constraints, e.g. symmetry, override this)."""
+        shape = torch.Size(batch_shape) + (n,) * cls.logits_event_dim
+        return scale * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+    @cached_property
+    def indicator_event_shape(self) -> torch.Size:
+        """The shape of ``indicator(x)`` for one instance."""
+        return self.indicator(self.mode).shape[len(self.batch_shape) :]
+
+    # ------------------------------------------------------------------ sampling
+    def sample_noise(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        """E ~ Exp(exp(logits)), shape ``sample_shape + logits.shape``; +inf where unusable."""
+        shape = torch.Size(sample_shape) + self.logits.shape
+        unit = torch.empty(shape, dtype=self.logits.dtype, device=self.logits.device).exponential_(generator=generator)
+        return self._scale_unit_noise(unit.detach())
+
+    def _scale_unit_noise(self, unit: torch.Tensor) -> torch.Tensor:
+        """Exp(1) -> Exp(lambda) by dividing by the rate; +inf where unusable."""
+        safe = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
+        return torch.where(self._usable, unit * torch.exp(-safe), torch.full_like(unit, float("inf")))
+
+    def sample_with_trace(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> TraceSample:
+        with torch.no_grad():
+            noise = self.sample_noise(sample_shape, generator)
+            x, trace = self.solve(noise)
+        return TraceSample(x, trace, noise)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.sample_with_trace(sample_shape, generator).x
+
+    @property
+    def mode(self) -> torch.Tensor:
+        """The noise-free solution: the max-weight structure under the logits (DESIGN §2).
+
+        Not always the most probable X; it is what the algorithm returns on E = -logits.
+        """
+        with torch.no_grad():
+            return self.solve(-self.logits)[0]
+
+    @abstractmethod
+    def solve(self, noise: torch.Tensor) -> tuple[torch.Tensor, Trace]:
+        """Run the algorithm on ``noise`` of shape ``sample_shape + logits.shape``: (X, T)."""
+
+    @abstractmethod
+    def indicator(self, x: torch.Tensor) -> torch.Tensor:
+        """X in indicator form (float, in the logits' dtype)."""
+
+    # ------------------------------------------------------------------ traces
+    @abstractmethod
+    def _draw_sets(self, trace: Trace) -> Iterator[DrawSet]:
+        """The draws of ``trace``: candidate sets, argmins and activity, in order."""
+
+    def _validated_draw_sets(self, trace: Trace) -> Iterator[DrawSet]:
+        """:meth:`_draw_sets` plus the check that every draw picks one of its candidates.
+
+        The check is accumulated on the device and read once, after the last draw.
+        """
+        bad = None
+        for draws in self._draw_sets(trace):
+            picked = draws.candidates.gather(-1, draws.chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            wrong = (draws.active & ~picked).any()
+            bad = wrong if bad is None else bad | wrong
+            yield draws
+        if bad is not None and bool(bad):
+            raise ValueError(
+                f"{type(self).__name__}: trace does not belong to this distribution "
+                "(a draw picks an index outside its candidate set)"
+            )
+
+    def trace_log_prob(self, trace: Trace) -> torch.Tensor:
+        """log P(T) = sum_draws [logits_t - logsumexp_{j in P} logits_j], shape
+        ``sample_shape + batch_shape``; differentiable w.r.t. the logits."""
+        logits = self._flat_logits.unsqueeze(-2)
+        total = None
+        for draws in self._validated_draw_sets(trace):
+            masked = torch.where(draws.candidates, logits, torch.full_like(logits, float("-inf")))
+            log_norm = torch.logsumexp(masked, dim=-1)
+            picked = logits.expand(draws.candidates.shape).gather(-1, draws.chosen.clamp(min=0).unsqueeze(-1))
+            term = torch.where(draws.active, picked.squeeze(-1) - log_norm, torch.zeros_like(log_norm)).sum(-1)
+            total = term if total is None else total + term
+        return total
+
+    def noise_given_trace(self, trace: Trace, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of E | T (DESIGN §3.2), reparameterised in the logits.
+
+        Walking the draws, each adds d ~ Exp(sum_{j in P} lambda_j) to every candidate j in
+        P; the chosen one keeps its total, every other usable position finally gets its
+        total plus a fresh Exp(lambda_j). Running :meth:`solve` on the result gives T back.
+        """
+        logits = self._flat_logits
+        offset, chosen = None, None
+        for draws in self._validated_draw_sets(trace):
+            masked = torch.where(draws.candidates, logits.unsqueeze(-2), torch.full_like(logits.unsqueeze(-2), -torch.inf))
+            log_norm = torch.logsumexp(masked, dim=-1)
+            unit = torch.empty(log_norm.shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)
+            safe_norm = torch.where(draws.active, log_norm, torch.zeros_like(log_norm))
+            step = torch.where(draws.active, unit * torch.exp(-safe_norm), torch.zeros_like(unit))
+            added = (draws.candidates.to(logits.dtype) * step.unsqueeze(-1)).sum(-2)
+            picked = torch.zeros_like(draws.candidates).scatter_(
+                -1, draws.chosen.clamp(min=0).unsqueeze(-1), draws.active.unsqueeze(-1)
+            ).any(-2)
+            offset = added if offset is None else offset + added
+            chosen = picked if chosen is None else chosen | picked
+        shape = offset.shape[:-1] + self.logits.shape[-self.logits_event_dim :]
+        offset, chosen = offset.reshape(shape), chosen.reshape(shape)
+        unit = torch.empty(shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)
+        fresh = self._scale_unit_noise(unit)
+        return torch.where(chosen, offset, offset + fresh)
+
+    def noise_log_prob(self, noise: torch.Tensor) -> torch.Tensor:
+        """log p(E) = sum over usable positions of logits_i - lambda_i E_i; its gradient is
+        the E-REINFORCE score 1 - lambda_i E_i."""
+        safe_logits = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
+        safe_noise = torch.where(self._usable, noise, torch.zeros_like(noise))
+        terms = torch.where(self._usable, safe_logits - torch.exp(safe_logits) * safe_noise, torch.zeros_like(safe_noise))
+        return terms.flatten(-self.logits_event_dim).sum(-1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            f"P(X) is intractable for {type(self).__name__} (a sum over all traces of X); "
+            "use trace_log_prob(trace) for the score of the execution trace"
+        )
+
+    # ------------------------------------------------------------------ enumeration
+    @abstractmethod
+    def _recursion(self) -> spec.Recursion:
+        """The reference recursion (Algorithm 2) of this unbatched instance."""
+
+    @abstractmethod
+    def _encode(self, draws: list[spec.Draw], x: Any) -> tuple[torch.Tensor, Trace]:
+        """The reference run's (X, draws) in this class's tensor encodings."""
+
+    def _usable_keys(self) -> list[int]:
+        return self._usable.reshape(-1).nonzero().squeeze(-1).tolist()
+
+    def _check_enumerable(self) -> None:
+        name = type(self).__name__
+        if self.batch_shape != torch.Size():
+            raise ValueError(f"{name}.enumerate_traces needs an unbatched instance, got batch_shape {tuple(self.batch_shape)}")
+        if self.n > self.max_enumeration_size:
+            raise ValueError(
+                f"{name}.enumerate_traces supports n <= {self.max_enumeration_size}, got n={self.n} "
+                "(the number of traces grows super-exponentially)"
+            )
+
+    def enumerate_traces(self) -> Enumeration:
+        """Every execution trace of this unbatched instance with its log-probability and X,
+        from the reference recursion (not the fast kernels)."""
+        self._check_enumerable()
+        runs = spec.enumerate_traces(self._recursion())
+        xs, traces, log_probs = [], [], []
+        for draws, x in runs:
+            x_tensor, trace = self._encode(draws, x)
+            xs.append(x_tensor)
+            traces.append(trace)
+            log_probs.append(spec.trace_log_prob(self.logits, draws))
+        return Enumeration(_stack_traces(traces), torch.stack(log_probs), torch.stack(xs))
+
+    def reference_solve(self, noise: torch.Tensor) -> tuple[torch.Tensor, Trace]:
+        """:meth:`solve` through the reference recursion, one instance at a time (slow;
+        for tests). ``noise`` has shape ``sample_shape + logits.shape``."""
+        event = self.logits.shape[-self.logits_event_dim :]
+        flat_noise = noise.detach().reshape(-1, event.numel()).cpu().tolist()
+        flat_logits = self.logits.detach().expand(noise.shape).reshape(-1, *event)
+        outputs = []
+        for values, logits in zip(flat_noise, flat_logits):
+            instance = type(self)(logits, **self._extra_args())
+            x, draws = spec.run(instance._recursion(), values)
+            outputs.append(instance._encode(draws, x))
+        xs = torch.stack([x for x, _ in outputs]).reshape(noise.shape[: noise.dim() - len(event)] + outputs[0][0].shape)
+        traces = _stack_traces([t for _, t in outputs])
+        lead = noise.shape[: noise.dim() - len(event)]
+        traces = _map_trace(lambda t: t.reshape(lead + t.shape[1:]).to(noise.device), traces)
+        return xs.to(noise.device), traces
