@@ -4,6 +4,8 @@
 the canonical names.
 """
 
+# Importing each structure module registers it.
+from rgbench.distributions import arborescence, binary_tree, matching, spanning_tree  # noqa: F401
 from rgbench.distributions.base import Enumeration, StructuredDistribution, TraceSample
 from rgbench.distributions.catalog import DISTRIBUTIONS
 from rgbench.distributions.permutation import Permutation
