@@ -10,6 +10,7 @@ import torch
 from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution
 from rgbench.distributions.catalog import register
+from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
 
 class PlackettLuceRecursion(spec.Recursion):
@@ -132,8 +133,23 @@ class TopK(StructuredDistribution):
         return trace
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:
-        # A repeated item is caught generically: it is no longer a candidate.
         yield prefix_draw_sets(self._usable, self._check_trace(trace))
+
+    def _pool(self, trace) -> PoolTrace:
+        """Item i leaves the pool right after the step that picks it; the rest stay to the end."""
+        trace = self._check_trace(trace)
+        steps = torch.arange(1, self.k + 1, device=trace.device).expand(trace.shape)
+        exit_time = torch.full(trace.shape[:-1] + (self.n,), self.k, dtype=torch.long, device=trace.device)
+        # A repeated item would be overwritten; the check below then catches it.
+        pool = PoolTrace(exit_time.scatter(-1, trace, steps), trace)
+        check_pool_trace(pool, self._usable, type(self).__name__)
+        return pool
+
+    def trace_log_prob(self, trace):
+        return pool_log_prob(self.logits, self._usable, self._pool(trace))
+
+    def noise_given_trace(self, trace, generator=None):
+        return pool_noise_given_trace(self.logits, self._usable, self._pool(trace), generator)
 
     def log_prob(self, x):
         """log P(X = x) = log of the sum over x's k! orderings, by a DP over its subsets."""

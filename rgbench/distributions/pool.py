@@ -1,0 +1,85 @@
+"""Trace probabilities for structures whose draws share one shrinking candidate pool.
+
+In top-k, insertion sort, greedy matching and Kruskal every step draws from one pool, and
+a variable that leaves the pool (chosen, or made infeasible) never returns. Such a trace is
+summarised by each variable's *exit time* M_e: e is a candidate at steps s < M_e (the chosen
+variable of step s has M_e = s + 1). Then, with Z_s = sum_{e: M_e > s} lambda_e,
+
+    log P(T) = sum_s [logits_{t_s} - log Z_s],
+
+and E | T is E_e = sum_{q < M_e} d_q (+ a fresh Exp(lambda_e) unless e was chosen) with
+independent d_q ~ Exp(Z_q). All log Z_s come from one histogram of the logits over exit
+times and a reversed cumulative log-sum-exp: O(K) time and memory per sample for K
+variables, instead of materialising one K-sized candidate mask per step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class PoolTrace(NamedTuple):
+    """A pool trace in flat form: ``exit_time`` [..., K] long in 0..S (0 for variables that
+    are never candidates), ``chosen`` [..., S] long flat indices, one per step."""
+
+    exit_time: torch.Tensor
+    chosen: torch.Tensor
+
+
+def log_normalizers(logits: torch.Tensor, usable: torch.Tensor, pool: PoolTrace) -> torch.Tensor:
+    """log Z_s for s = 0..S-1, shape [..., S]; differentiable w.r.t. ``logits`` [..., K]."""
+    steps = pool.chosen.shape[-1]
+    bins = torch.where(usable, pool.exit_time, torch.zeros_like(pool.exit_time))
+    logits = logits.expand(bins.shape)
+    masked = torch.where(usable, logits, torch.full_like(logits, -torch.inf))
+    hist_shape = bins.shape[:-1] + (steps + 1,)
+    # Per-bin log-sum-exp, shifted by the bin's own maximum so no bin underflows.
+    peak = torch.full(hist_shape, -torch.inf, dtype=logits.dtype, device=logits.device)
+    peak = peak.scatter_reduce(-1, bins, masked.detach(), "amax").nan_to_num(neginf=0.0)
+    mass = torch.zeros(hist_shape, dtype=logits.dtype, device=logits.device)
+    mass = mass.scatter_add(-1, bins, torch.exp(masked - peak.gather(-1, bins)))
+    empty = mass <= 0
+    log_bin = torch.where(empty, -torch.inf, torch.log(torch.where(empty, 1.0, mass)) + peak)
+    # Z_s collects the bins t > s: a reversed cumulative log-sum-exp over bins 1..S.
+    tail = torch.logcumsumexp(log_bin[..., 1:].flip(-1), -1).flip(-1)
+    return tail
+
+
+def pool_log_prob(logits: torch.Tensor, usable: torch.Tensor, pool: PoolTrace) -> torch.Tensor:
+    """log P(T) = sum_s [logits_{t_s} - log Z_s], shape [...]."""
+    chosen = logits.expand(pool.exit_time.shape).gather(-1, pool.chosen)
+    return (chosen - log_normalizers(logits, usable, pool)).sum(-1)
+
+
+def pool_noise_given_trace(
+    logits: torch.Tensor,
+    usable: torch.Tensor,
+    pool: PoolTrace,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """E | T, flat [..., K], reparameterised in ``logits``; +inf at unusable positions."""
+    log_norm = log_normalizers(logits, usable, pool)
+    unit = torch.empty(log_norm.shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)
+    steps = unit * torch.exp(-log_norm)
+    # offset[t] = sum_{q < t} d_q, t = 0..S
+    offset = torch.cat([torch.zeros_like(steps[..., :1]), steps.cumsum(-1)], -1)
+    total = offset.gather(-1, pool.exit_time)
+    chosen = torch.zeros(total.shape, dtype=torch.bool, device=total.device).scatter(-1, pool.chosen, True)
+    fresh_unit = torch.empty(total.shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)
+    safe = torch.where(usable, logits, torch.zeros_like(logits))
+    fresh = fresh_unit * torch.exp(-safe)
+    noise = torch.where(chosen, total, total + fresh)
+    return torch.where(usable, noise, torch.full_like(noise, torch.inf))
+
+
+def check_pool_trace(pool: PoolTrace, usable: torch.Tensor, name: str) -> None:
+    """Every step's chosen variable must be usable and leave the pool at that very step."""
+    steps = pool.chosen.shape[-1]
+    expected = torch.arange(1, steps + 1, device=pool.chosen.device)
+    ok = (pool.exit_time.gather(-1, pool.chosen) == expected) & usable.expand(pool.exit_time.shape).gather(
+        -1, pool.chosen
+    )
+    if not bool(ok.all()):
+        raise ValueError(f"{name}: trace does not belong to this distribution (a step picks a variable outside its pool)")
