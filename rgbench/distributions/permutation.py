@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from rgbench.distributions.base import unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.topk import PlackettLuceRecursion, TopK
 
@@ -74,7 +75,7 @@ class Permutation(TopK):
         trace = self._check_permutation(trace)
         ordered = self.logits.expand(trace.shape).gather(-1, trace)
         tails = torch.logcumsumexp(ordered.flip(-1), -1).flip(-1)
-        unit = torch.empty(trace.shape, dtype=self.logits.dtype, device=trace.device).exponential_(generator=generator)
+        unit = unit_exponential(trace.shape, self.logits, generator)
         sorted_noise = torch.cumsum(unit * torch.exp(-tails), -1)
         return torch.empty_like(sorted_noise).scatter_(-1, trace, sorted_noise)
 

@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import torch
 
+from rgbench.distributions.base import unit_exponential
+
 
 class PoolTrace(NamedTuple):
     """A pool trace in flat form: ``exit_time`` [..., K] long in 0..S (0 for variables that
@@ -61,13 +63,13 @@ def pool_noise_given_trace(
 ) -> torch.Tensor:
     """E | T, flat [..., K], reparameterised in ``logits``; +inf at unusable positions."""
     log_norm = log_normalizers(logits, usable, pool)
-    unit = torch.empty(log_norm.shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)
+    unit = unit_exponential(log_norm.shape, logits, generator)
     steps = unit * torch.exp(-log_norm)
     # offset[t] = sum_{q < t} d_q, t = 0..S
     offset = torch.cat([torch.zeros_like(steps[..., :1]), steps.cumsum(-1)], -1)
     total = offset.gather(-1, pool.exit_time)
     chosen = torch.zeros(total.shape, dtype=torch.bool, device=total.device).scatter(-1, pool.chosen, True)
-    fresh_unit = torch.empty(total.shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)
+    fresh_unit = unit_exponential(total.shape, logits, generator)
     safe = torch.where(usable, logits, torch.zeros_like(logits))
     fresh = fresh_unit * torch.exp(-safe)
     noise = torch.where(chosen, total, total + fresh)

@@ -1,0 +1,90 @@
+"""TopK and Permutation against plain-Python oracles, and their specific errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from rgbench import distributions
+from rgbench.distributions import Permutation, TopK
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 30])
+def test_topk_solve_matches_sorting_oracle(n):
+    rng = random.Random(n)
+    k = rng.randint(1, n)
+    logits = torch.randn(8, n, generator=torch.Generator().manual_seed(n))
+    logits[0, : n - k] = -torch.inf  # exactly k usable items in one row
+    dist = TopK(logits, k=k)
+    noise = dist.sample_noise((3,), generator=torch.Generator().manual_seed(1))
+    x, trace = dist.solve(noise)
+    for index in range(3 * 8):
+        values = noise.reshape(-1, n)[index].tolist()
+        order = sorted(range(n), key=lambda i: values[i])[:k]
+        assert trace.reshape(-1, k)[index].tolist() == order
+        assert x.reshape(-1, k)[index].tolist() == sorted(order)
+
+
+@pytest.mark.parametrize("n", [1, 3, 30])
+def test_permutation_solve_matches_sorting_oracle(n):
+    dist = Permutation(torch.randn(4, n, generator=torch.Generator().manual_seed(n)))
+    noise = dist.sample_noise((2,), generator=torch.Generator().manual_seed(2))
+    x, trace = dist.solve(noise)
+    assert torch.equal(x, trace)
+    for values, perm in zip(noise.reshape(-1, n).tolist(), x.reshape(-1, n).tolist()):
+        assert perm == sorted(range(n), key=lambda i: values[i])
+
+
+def test_permutation_indicator_is_item_by_rank():
+    dist = Permutation(torch.zeros(3))
+    ind = dist.indicator(torch.tensor([2, 0, 1]))
+    assert ind.tolist() == [[0, 1, 0], [0, 0, 1], [1, 0, 0]]
+
+
+def test_topk_log_prob_matches_brute_force_over_orderings():
+    """P(S) = sum over the k! orderings of the Plackett-Luce prefix probability."""
+    from itertools import permutations
+
+    logits = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    dist = TopK(logits, k=3)
+    subset = [1, 4, 5]
+    total = 0.0
+    for order in permutations(subset):
+        p, left = 1.0, logits.exp().tolist()
+        for i in order:
+            p *= left[i] / sum(left)
+            left[i] = 0.0
+        total += p
+    assert dist.log_prob(torch.tensor(subset)).exp().item() == pytest.approx(total, rel=1e-12)
+
+
+def test_topk_errors():
+    with pytest.raises(ValueError, match="k=7 must be between 1 and the 5 items"):
+        TopK(torch.zeros(5), k=7)
+    with pytest.raises(ValueError, match="k=0"):
+        TopK(torch.zeros(5), k=0)
+    with pytest.raises(ValueError, match="k must be an int"):
+        TopK(torch.zeros(5), k=2.0)
+    with pytest.raises(ValueError, match="finite logits"):
+        TopK(torch.tensor([0.0, -torch.inf, -torch.inf]), k=2)
+    with pytest.raises(ValueError, match="supports k <= 10"):
+        TopK(torch.zeros(12), k=11).log_prob(torch.arange(11))
+    with pytest.raises(ValueError, match="trace must be a LongTensor"):
+        TopK(torch.zeros(5), k=2).trace_log_prob(torch.zeros(2))
+    with pytest.raises(ValueError, match="outside"):
+        TopK(torch.zeros(5), k=2).trace_log_prob(torch.tensor([0, 5]))
+
+
+def test_permutation_errors():
+    with pytest.raises(ValueError, match="finite"):
+        Permutation(torch.tensor([0.0, -torch.inf]))
+    with pytest.raises(ValueError, match="not a permutation"):
+        Permutation(torch.zeros(3)).log_prob(torch.tensor([0, 0, 1]))
+
+
+def test_registry_lists_valid_names_for_unknown():
+    with pytest.raises(ValueError, match="unknown distribution 'tree'.*valid names: .*topk"):
+        distributions.get("tree")
+    assert distributions.get("topk") is TopK
