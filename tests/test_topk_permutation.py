@@ -80,7 +80,7 @@ def test_topk_errors():
 def test_permutation_errors():
     with pytest.raises(ValueError, match="finite"):
         Permutation(torch.tensor([0.0, -torch.inf]))
-    with pytest.raises(ValueError, match="not a permutation"):
+    with pytest.raises(ValueError, match="repeated"):
         Permutation(torch.zeros(3)).log_prob(torch.tensor([0, 0, 1]))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from rgbench.distributions.base import unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.topk import PlackettLuceRecursion, TopK
 
@@ -53,31 +52,8 @@ class Permutation(TopK):
     def indicator(self, x):
         return torch.nn.functional.one_hot(x, self.n).to(self.logits.dtype).transpose(-1, -2)
 
-    def _check_permutation(self, trace):
-        trace = self._check_trace(trace)
-        if (trace.sort(-1).values != torch.arange(self.n, device=trace.device)).any():
-            raise ValueError("Permutation: trace is not a permutation of 0..n-1")
-        return trace
-
-    def trace_log_prob(self, trace):
-        trace = self._check_permutation(trace)
-        ordered = self.logits.expand(trace.shape).gather(-1, trace)
-        # logsumexp over the items still unplaced at each rank: a reversed cumulative lse.
-        tails = torch.logcumsumexp(ordered.flip(-1), -1).flip(-1)
-        return (ordered - tails).sum(-1)
-
     def log_prob(self, x):
         return self.trace_log_prob(x)
-
-    def noise_given_trace(self, trace, generator=None):
-        """E | T in O(n): the r-th smallest E is the sum of increments d_q ~ Exp(total rate of
-        the items unplaced at rank q), q <= r."""
-        trace = self._check_permutation(trace)
-        ordered = self.logits.expand(trace.shape).gather(-1, trace)
-        tails = torch.logcumsumexp(ordered.flip(-1), -1).flip(-1)
-        unit = unit_exponential(trace.shape, self.logits, generator)
-        sorted_noise = torch.cumsum(unit * torch.exp(-tails), -1)
-        return torch.empty_like(sorted_noise).scatter_(-1, trace, sorted_noise)
 
     def _recursion(self):
         return PlackettLuceRecursion(self._usable_keys(), self.n, ordered=True)

@@ -8,9 +8,8 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution
+from rgbench.distributions.base import DrawSet, StructuredDistribution, unit_exponential
 from rgbench.distributions.catalog import register
-from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
 
 class PlackettLuceRecursion(spec.Recursion):
@@ -52,6 +51,21 @@ def prefix_draw_sets(usable: torch.Tensor, trace: torch.Tensor) -> DrawSet:
     return DrawSet(candidates, trace, active)
 
 
+def reverse_logcumsumexp(x: torch.Tensor) -> torch.Tensor:
+    """y_r = log sum_{s >= r} exp(x_s) along the last axis.
+
+    A float64 cumulative sum shifted by the row maximum: exact unless a row spans more than
+    ~700 nats (then exp underflows), where the slower ``torch.logcumsumexp`` is used.
+    torch's CPU logcumsumexp is an order of magnitude slower forward and backward.
+    """
+    span = x.detach().amax(-1, keepdim=True)
+    if x.numel() == 0 or bool(((span - x.detach().amin(-1, keepdim=True)) > 600).any()):
+        return torch.logcumsumexp(x.flip(-1), -1).flip(-1)
+    shifted = torch.exp((x - span).double())
+    tails = torch.log(shifted.flip(-1).cumsum(-1).flip(-1))
+    return (tails + span.double()).to(x.dtype)
+
+
 @lru_cache(maxsize=None)
 def _subset_transitions(k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """For each popcount r = 1..k: (dst masks [m], src masks [m, r], added element [m, r])."""
@@ -76,7 +90,7 @@ class TopK(StructuredDistribution):
 
     ``log_prob(x)`` sums over the k! orderings with a dynamic programme over the 2^k
     subsets of x (k <= 10). ``-inf`` logits mark items that are never picked; at least k
-    items must be finite. Cost: O(n log n) to sample, O(k n) for the trace log-probability.
+    items must be finite. Cost: O(n log n) to sample, O(n) for the trace log-probability and E | T.
 
     Example:
         >>> d = TopK(torch.zeros(5), k=2)
@@ -135,21 +149,34 @@ class TopK(StructuredDistribution):
     def _draw_sets(self, trace) -> Iterator[DrawSet]:
         yield prefix_draw_sets(self._usable, self._check_trace(trace))
 
-    def _pool(self, trace) -> PoolTrace:
-        """Item i leaves the pool right after the step that picks it; the rest stay to the end."""
+    def _prefix(self, trace):
+        """The picked logits in order [..., k] and log Z_r, the log total rate of the items
+        still unpicked at step r [..., k]; checks that the picks are distinct and usable."""
         trace = self._check_trace(trace)
-        steps = torch.arange(1, self.k + 1, device=trace.device).expand(trace.shape)
-        exit_time = torch.full(trace.shape[:-1] + (self.n,), self.k, dtype=torch.long, device=trace.device)
-        # A repeated item would be overwritten; the check below then catches it.
-        pool = PoolTrace(exit_time.scatter(-1, trace, steps), trace)
-        check_pool_trace(pool, self._usable, type(self).__name__)
-        return pool
+        logits = self.logits.expand(trace.shape[:-1] + (self.n,))
+        usable = self._usable.expand(logits.shape)
+        rest = usable.scatter(-1, trace, False)
+        distinct = rest.sum(-1) == usable.sum(-1) - self.k
+        if not bool((usable.gather(-1, trace).all(-1) & distinct).all()):
+            raise ValueError(f"{type(self).__name__}: trace does not belong to this distribution (repeated or unusable items)")
+        picked = logits.gather(-1, trace)
+        log_rest = torch.logsumexp(torch.where(rest, logits, torch.full_like(logits, -torch.inf)), -1, keepdim=True)
+        # Z_r = (rate of items never picked) + (rates of picks r, r+1, ...): a reversed cumulative lse.
+        log_norm = torch.logaddexp(log_rest, reverse_logcumsumexp(picked))
+        return trace, picked, log_norm
 
     def trace_log_prob(self, trace):
-        return pool_log_prob(self.logits, self._usable, self._pool(trace))
+        _, picked, log_norm = self._prefix(trace)
+        return (picked - log_norm).sum(-1)
 
     def noise_given_trace(self, trace, generator=None):
-        return pool_noise_given_trace(self.logits, self._usable, self._pool(trace), generator)
+        """E | T in O(n): the r-th pick's utility is d_0 + ... + d_r with d_q ~ Exp(Z_q); the
+        unpicked items get d_0 + ... + d_{k-1} plus a fresh Exp(lambda_i)."""
+        trace, _, log_norm = self._prefix(trace)
+        picked_noise = torch.cumsum(unit_exponential(log_norm.shape, self.logits, generator) * torch.exp(-log_norm), -1)
+        shape = trace.shape[:-1] + (self.n,)
+        fresh = self._scale_unit_noise(unit_exponential(shape, self.logits, generator))
+        return (picked_noise[..., -1:] + fresh).scatter(-1, trace, picked_noise)
 
     def log_prob(self, x):
         """log P(X = x) = log of the sum over x's k! orderings, by a DP over its subsets."""
