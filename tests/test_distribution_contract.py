@@ -103,7 +103,8 @@ def test_noise_given_trace_matches_rejection_sampling(name):
     Each usable coordinate is a two-sample z-test; the bound is Bonferroni-corrected for a
     family-wise false-alarm rate of 1e-2 per structure.
     """
-    dist = make(name, 4, seed=4, scale=0.5)
+    # Matching has 576 traces at n = 4: too few draws would be accepted, so use n = 3.
+    dist = make(name, 3 if name == "matching" else 4, seed=4, scale=0.5)
     enum = dist.enumerate_traces()
     best = int(enum.log_probs.argmax())
     target = flat_trace(enum.traces)[best]
@@ -211,13 +212,18 @@ def test_bad_logits_raise_value_error(name, bad, match):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_foreign_trace_is_rejected(name):
-    """A trace that repeats its first draw at the end is not a trace of the distribution."""
+    """Repeating the first draw at the end of a trace (an item, a (row, col) pick, an edge)
+    never gives a trace of the distribution. Parent-array and tuple traces (binary tree,
+    CLE) test their own corruptions."""
+    if name in ("binary-tree", "cle"):
+        pytest.skip("tested with structure-specific corruptions")
     dist = make(name, 5, seed=14)
-    trace = dist.sample_with_trace((1,)).trace
-    if not isinstance(trace, torch.Tensor):
-        pytest.skip("structures with tuple traces test their own corruptions")
+    trace = dist.sample_with_trace((4,), generator=torch.Generator().manual_seed(0)).trace
     dup = trace.clone()
-    dup.view(dup.shape[0], -1)[:, -1] = dup.view(dup.shape[0], -1)[:, 0]
+    if dup.dim() == 2:  # [sample, draws]
+        dup[:, -1] = dup[:, 0]
+    else:  # [sample, draws, 2]
+        dup[:, -1, :] = dup[:, 0, :]
     with pytest.raises(ValueError, match="trace"):
         dist.trace_log_prob(dup)
 
