@@ -1,0 +1,72 @@
+"""Render saved results into tables, figures and a Markdown report, without recomputing.
+
+For a result directory holding ``variance.csv``/``.json`` and/or ``speed.csv``/``.json``,
+:func:`render` writes
+
+* ``tables.md`` / ``tables.tex`` (variance) and ``speed_tables.md`` / ``speed_tables.tex``,
+* ``figures/*.png`` and ``figures/*.pdf``,
+* ``report.md``: the run's metadata, notes, warnings, tables and figure links.
+
+Everything is a function of the saved files, so rendering twice gives the same tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from rgbench.harness.results import Results, saved_kinds
+from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
+from rgbench.reports.tables import build_tables, latex, markdown
+
+PREFIX = {"variance": "", "speed": "speed_"}
+
+
+class Rendered(NamedTuple):
+    paths: list[Path]
+    warnings: list[str]
+
+
+def _metadata_lines(metadata: dict) -> list[str]:
+    fields = [
+        ("command", f"`{metadata.get('command', '')}`"),
+        ("date (UTC)", metadata.get("date")),
+        ("rgbench / torch / Python", f"{metadata.get('rgbench_version')} / {metadata.get('torch_version')} / "
+                                     f"{metadata.get('python_version')}"),
+        ("device", f"{metadata.get('device')} ({metadata.get('device_name')}), {metadata.get('threads')} threads"),
+        ("seed", metadata.get("seed")),
+    ]
+    return [f"- {name}: {value}" for name, value in fields]
+
+
+def render(out_dir: str | Path, figures: bool = True) -> Rendered:
+    """Write the tables, figures (unless ``figures=False``) and report of the results saved
+    in ``out_dir``."""
+    out = Path(out_dir)
+    kinds = saved_kinds(out)
+    if not kinds:
+        raise FileNotFoundError(f"no saved results in {out} (expected variance.csv or speed.csv with its .json)")
+    paths, warnings, report = [], [], []
+    for kind in kinds:
+        results = Results.load(out, kind)
+        tables = build_tables(results.frame, kind)
+        md_path, tex_path = out / f"{PREFIX[kind]}tables.md", out / f"{PREFIX[kind]}tables.tex"
+        md_path.write_text("\n".join(markdown(table) for table in tables))
+        tex_path.write_text("\n".join(latex(table) for table in tables))
+        figure_paths = write_figures(results.frame, kind, out) if figures else []
+        kind_warnings = [w for table in tables for w in table.warnings] + figure_warnings(results.frame, kind)
+        paths += [md_path, tex_path, *figure_paths]
+        warnings += kind_warnings
+
+        report += [f"# rgbench {kind} results", ""] + _metadata_lines(results.metadata) + [""]
+        for note in results.metadata.get("notes", []):
+            report.append(f"> Note: {note}")
+        if kind_warnings:
+            report += ["", "## Warnings", ""] + [f"- {warning}" for warning in kind_warnings]
+        report += ["", "## Tables", ""] + [markdown(table) for table in tables]
+        report += ["## Figures", ""]
+        report += [f"![{stem}](figures/{stem}.png)" for stem in planned_figures(results.frame, kind)]
+        report.append("")
+    report_path = out / "report.md"
+    report_path.write_text("\n".join(report))
+    return Rendered([*paths, report_path], warnings)

@@ -1,0 +1,257 @@
+"""Result tables in the paper's layout: one row per estimator (or timed operation), one
+column group per size, each cell ``mean ± half-width of its interval`` (95% unless the run
+chose another level), the best value
+of each column in bold, a dagger where the interval is wider than the value.
+
+:func:`build_tables` turns a saved results frame into :class:`Table` objects, one per
+(dist, task, K, device, dtype, seed) group; :func:`markdown` and :func:`latex` render them.
+Rendering is a pure function of the frame, so re-rendering saved results gives the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import pandas as pd
+
+from rgbench.reports.format import (
+    bracketed,
+    latex_bracketed,
+    latex_escape,
+    latex_with_interval,
+    unstable,
+    with_interval,
+)
+
+
+class Metric(NamedTuple):
+    column: str
+    lo: str
+    hi: str
+    label: str
+    latex: str
+    better: str  # "min" or "max"
+    scale: float = 1.0
+    check_stability: bool = True
+    bracket: bool = False  # show "value [lo, hi]": the interval is not centred on the value
+
+
+VARIANCE_METRICS = (
+    # A zero-bias estimator's interval always reaches 0 and exceeds its noise-level value:
+    # that is the expected outcome, not instability.
+    Metric("bias", "bias_lo", "bias_hi", "bias", "bias", "min", check_stability=False, bracket=True),
+    Metric("total_var", "total_var_lo", "total_var_hi", "variance", "var.", "min"),
+    Metric("time_median_s", "time_lo_s", "time_hi_s", "ms", "ms", "min", scale=1e3),
+    Metric("work_var", "work_var_lo", "work_var_hi", "var × s", "var.$\\times$s", "min"),
+)
+SPEED_METRICS = (
+    Metric("time_median_s", "time_lo_s", "time_hi_s", "ms", "ms", "min", scale=1e3),
+)
+
+VARIANCE_LEGEND = (
+    "Each cell: value ± half-width of its {pct} interval, or value [{pct} interval] for the bias. "
+    "bias = ‖E[g] − reference‖ (interval: Bonferroni box of per-coordinate z-intervals; it "
+    "contains 0 when no coordinate shows bias); "
+    "variance = trace of the covariance of one estimate (percentile bootstrap); ms = median "
+    "wall-clock per estimate (order-statistic interval); var × s = variance × median seconds "
+    "(Bonferroni product interval). Bold: best in its column. †: interval wider than the value."
+)
+SPEED_LEGEND = (
+    "Each cell: median milliseconds per call on the whole batch ± half-width of its 95% "
+    "order-statistic interval. Bold: fastest in its column. †: interval wider than the value."
+)
+
+GROUP_KEYS = {
+    "variance": ("dist", "task", "K", "device", "dtype", "seed"),
+    "speed": ("dist", "batch", "K", "task", "device", "dtype", "seed"),
+}
+ROW_KEY = {"variance": "estimator", "speed": "operation"}
+
+
+class Cell(NamedTuple):
+    value: float
+    lo: float
+    hi: float
+    status: str  # ok, skipped, failed or missing
+    bold: bool = False
+    unstable: bool = False
+    bracket: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    row_label: str
+    sizes: list[int]
+    metrics: tuple[Metric, ...]
+    rows: list[tuple[str, list[Cell]]]  # cells in size-major, metric-minor order
+    legend: str
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    slug: str = ""
+
+
+def _sizes_text(sizes) -> str:
+    return ", ".join(str(n) for n in sizes)
+
+
+def _percent(frame: pd.DataFrame) -> str:
+    """The confidence level of a frame's intervals, e.g. "95%" (speed runs: always 95%)."""
+    levels = sorted(frame["level"].unique()) if "level" in frame else [0.95]
+    return "/".join(f"{100 * level:g}%" for level in levels)
+
+
+def _title(kind: str, key: dict, frame: pd.DataFrame) -> str:
+    if kind == "variance":
+        replicates = ", ".join(str(r) for r in sorted(frame["replicates"].unique()))
+        return (
+            f"{key['dist']}: task {key['task']}, K={key['K']}, {replicates} replicates, "
+            f"seed {key['seed']}, {key['device']} {key['dtype']}"
+        )
+    return f"{key['dist']}: batch {key['batch']}, K={key['K']}, task {key['task']}, seed {key['seed']}, {key['device']} {key['dtype']}"
+
+
+def _slug(key: dict) -> str:
+    return "-".join(str(value) for value in key.values())
+
+
+def _notes(kind: str, frame: pd.DataFrame, row_key: str) -> list[str]:
+    notes = []
+    if kind == "variance":
+        done = frame[frame["reference"] != ""]
+        for reference, part in done.groupby("reference", sort=False):
+            sizes = sorted(part["n"].unique())
+            if reference == "exact":
+                notes.append(f"bias against the exact gradient (enumeration) at n = {_sizes_text(sizes)}")
+            else:
+                samples = part["reference_samples"].iloc[0]
+                notes.append(
+                    f"bias against a {reference} Monte Carlo reference ({samples} samples, its standard error "
+                    f"included in the interval) at n = {_sizes_text(sizes)}"
+                )
+    for status in ("skipped", "failed"):
+        part = frame[frame["status"] == status]
+        for (name, reason), cells in part.groupby([row_key, "reason"], sort=False):
+            notes.append(f"{status}: {name} at n = {_sizes_text(sorted(cells['n'].unique()))}: {reason}")
+    return notes
+
+
+def build_tables(frame: pd.DataFrame, kind: str) -> list[Table]:
+    """One :class:`Table` per group of ``frame`` (a saved ``variance`` or ``speed`` frame)."""
+    metrics = VARIANCE_METRICS if kind == "variance" else SPEED_METRICS
+    legend = VARIANCE_LEGEND if kind == "variance" else SPEED_LEGEND
+    row_key, keys = ROW_KEY[kind], list(GROUP_KEYS[kind])
+    tables = []
+    for values, group in frame.groupby(keys, sort=False):
+        key = dict(zip(keys, values))
+        sizes = sorted(int(n) for n in group["n"].unique())
+        names = list(dict.fromkeys(group[row_key]))
+        rows = []
+        for name in names:
+            cells = []
+            for n in sizes:
+                match = group[(group[row_key] == name) & (group["n"] == n)]
+                for metric in metrics:
+                    if match.empty:
+                        cells.append(Cell(math.nan, math.nan, math.nan, "missing"))
+                        continue
+                    record = match.iloc[0]
+                    if record["status"] != "ok":
+                        cells.append(Cell(math.nan, math.nan, math.nan, record["status"]))
+                        continue
+                    value, lo, hi = (float(record[c]) * metric.scale for c in (metric.column, metric.lo, metric.hi))
+                    shaky = metric.check_stability and unstable(value, lo, hi)
+                    cells.append(Cell(value, lo, hi, "ok", unstable=shaky, bracket=metric.bracket))
+            rows.append((name, cells))
+        pct = _percent(group)
+        table = Table(
+            _title(kind, key, group), row_key, sizes, metrics, rows, legend.format(pct=pct), _notes(kind, group, row_key)
+        )
+        table.slug = _slug(key)
+        _mark_best(table)
+        table.warnings = [
+            f"{table.title}: {metric.label} of {name} at n={n} is unstable ({pct} interval wider than the value)"
+            for name, cells in table.rows
+            for (n, metric), cell in zip(_columns(table), cells)
+            if cell.unstable
+        ]
+        tables.append(table)
+    return tables
+
+
+def _columns(table: Table) -> list[tuple[int, Metric]]:
+    return [(n, metric) for n in table.sizes for metric in table.metrics]
+
+
+def _mark_best(table: Table) -> None:
+    for index, (_, metric) in enumerate(_columns(table)):
+        values = [cells[index].value for _, cells in table.rows if cells[index].status == "ok"]
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            continue
+        best = min(values) if metric.better == "min" else max(values)
+        for _, cells in table.rows:
+            cell = cells[index]
+            if cell.status == "ok" and cell.value == best:
+                cells[index] = cell._replace(bold=True)
+
+
+def _cell_markdown(cell: Cell) -> str:
+    if cell.status != "ok":
+        return cell.status
+    text = (bracketed if cell.bracket else with_interval)(cell.value, cell.lo, cell.hi)
+    text = f"**{text}**" if cell.bold else text
+    return text + " †" if cell.unstable else text
+
+
+def markdown(table: Table) -> str:
+    """The table as GitHub Markdown: a heading, the grid, the legend and the notes."""
+    header = [table.row_label] + [f"n={n} {metric.label}" for n, metric in _columns(table)]
+    lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |"]
+    lines.append("| --- |" + " ---: |" * (len(header) - 1))
+    for name, cells in table.rows:
+        lines.append("| " + " | ".join([name] + [_cell_markdown(cell) for cell in cells]) + " |")
+    lines += ["", table.legend]
+    if table.notes:
+        lines += [""] + [f"- {note}" for note in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _cell_latex(cell: Cell) -> str:
+    if cell.status != "ok":
+        return f"\\textit{{{cell.status}}}"
+    text = (latex_bracketed if cell.bracket else latex_with_interval)(cell.value, cell.lo, cell.hi)
+    text = f"\\mathbf{{{text}}}" if cell.bold else text
+    return f"${text}$" + ("$^\\dagger$" if cell.unstable else "")
+
+
+def latex(table: Table) -> str:
+    """The table as a booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
+    per = len(table.metrics)
+    spec = "l" + " ".join("r" * per for _ in table.sizes)
+    group_head = " & ".join(f"\\multicolumn{{{per}}}{{c}}{{$n={n}$}}" for n in table.sizes)
+    rules = " ".join(f"\\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(table.sizes)))
+    metric_head = " & ".join(metric.latex for _, metric in _columns(table))
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        f"\\caption{{{latex_escape(table.title)}}}",
+        f"\\label{{tab:rgbench-{latex_escape(table.slug)}}}",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        f" & {group_head} \\\\",
+        rules,
+        f"{latex_escape(table.row_label)} & {metric_head} \\\\",
+        "\\midrule",
+    ]
+    for name, cells in table.rows:
+        lines.append(" & ".join([latex_escape(name)] + [_cell_latex(cell) for cell in cells]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "", "\\footnotesize " + latex_escape(table.legend)]
+    for note in table.notes:
+        lines.append("\\par " + latex_escape(note))
+    lines.append("\\end{table}")
+    return "\n".join(lines) + "\n"
