@@ -4,6 +4,8 @@
     rgbench speed --dist cle --sizes 10,50     # wall-clock of the building blocks
     rgbench report rgbench-results/variance-kruskal
     rgbench list
+    rgbench optimize --dist cle                # the authors' toy optimisation
+    rgbench train listops --scale smoke        # unsupervised ListOps parsing (Table 3)
 
 User errors (an unknown name, a device that is not there) exit with code 1 and one line on
 stderr, never a traceback; malformed option values are ``typer.BadParameter`` (code 2).
@@ -23,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rgbench import distributions, estimators, tasks
+from rgbench import distributions, estimators, tasks, training_cli
 from rgbench.harness import DEFAULT_ESTIMATORS, DEFAULT_SIZES, SpeedGrid, VarianceGrid, run_speed, run_variance
 from rgbench.reports.format import bracketed, number, with_interval
 
@@ -363,6 +365,10 @@ def list_(
         console.print(matrix)
         for reason in dict.fromkeys(reasons):
             console.print(f"  - {reason}", highlight=False, markup=False)
+
+
+# The training commands (optimize, train, table) live with the training harness.
+training_cli.register(app)
 
 
 def main() -> None:  # pragma: no cover - the console script calls ``app`` directly
