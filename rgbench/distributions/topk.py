@@ -160,9 +160,11 @@ class TopK(StructuredDistribution):
         if not bool((usable.gather(-1, trace).all(-1) & distinct).all()):
             raise ValueError(f"{type(self).__name__}: trace does not belong to this distribution (repeated or unusable items)")
         picked = logits.gather(-1, trace)
-        log_rest = torch.logsumexp(torch.where(rest, logits, torch.full_like(logits, -torch.inf)), -1, keepdim=True)
         # Z_r = (rate of items never picked) + (rates of picks r, r+1, ...): a reversed cumulative lse.
-        log_norm = torch.logaddexp(log_rest, reverse_logcumsumexp(picked))
+        log_norm = reverse_logcumsumexp(picked)
+        if self.k < self.n:  # with k = n nothing is left over (and an empty lse has NaN second derivatives)
+            log_rest = torch.logsumexp(torch.where(rest, logits, torch.full_like(logits, -torch.inf)), -1, keepdim=True)
+            log_norm = torch.logaddexp(log_rest, log_norm)
         return trace, picked, log_norm
 
     def trace_log_prob(self, trace):

@@ -1,0 +1,175 @@
+"""RELAX (Grathwohl et al. 2018) with the conditional noise E | T of DESIGN §3.2.
+
+For one sample, with E ~ p(E) reparameterised in the logits, T = T(E), X = X(T), and
+Ẽ ~ p(E | T) reparameterised in the logits (``noise_given_trace``):
+
+    g = (L(X) - c(Ẽ)) grad log P(T) + grad c(E) - grad c(Ẽ),
+
+unbiased for any critic c because E_T[E_{Ẽ|T} c(Ẽ)] = E_E c(E): differentiating both sides
+gives E[grad c(E)] = E[c(Ẽ) grad log P(T) + grad c(Ẽ)]. The coefficient's c(Ẽ) is treated
+as a constant w.r.t. the logits (but not w.r.t. the critic). RELAX averages K such
+estimates.
+
+The critic c is an MLP with one hidden layer of ``hidden`` tanh units on the perturbed
+logits z = -log E (= logits + Gumbel), flattened over the event, with the structure's
+unusable positions (E = +inf) set to 0 so no inf/NaN enters the graph. Its weights belong to
+the estimator instance: one critic per (event shape, dtype, device), created on first use
+from ``critic_seed``. Training minimises the squared estimate, whose gradient w.r.t. the
+critic's weights is an unbiased gradient of the variance (the mean does not depend on c):
+:meth:`Relax.train_critic` runs Adam steps; :meth:`Relax.critic_loss` is the loss for a
+training loop of one's own. :meth:`Relax.surrogate` does *not* train the critic (its
+backward pass leaves unused gradients on the critic's weights; ``train_critic`` zeroes
+them before each step).
+
+Options: ``warmup_steps`` (default 200) critic steps that :meth:`Relax.warm_up` runs and
+that the harness runs before measuring; ``hidden`` (32); ``lr`` (1e-2, Adam);
+``critic_replicates`` (16 independent estimates per training step); ``critic_seed`` (0).
+
+Cost per estimate: K samples, K conditional noise draws, 3K critic evaluations and K
+objective evaluations; training steps add a double backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rgbench.distributions.base import StructuredDistribution
+from rgbench.estimators.base import Objective
+from rgbench.estimators.catalog import register
+from rgbench.estimators.common import (
+    SurrogateEstimator,
+    attach,
+    check_int,
+    check_positive_number,
+    evaluate,
+    gradient,
+    leaf_copy,
+    perturbed_logits,
+    replicate,
+)
+
+
+def _new_critic(inputs: int, hidden: int, seed: int, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Linear-tanh-linear with PyTorch's default uniform(+-1/sqrt(fan_in)) initialisation,
+    drawn from a private generator so that estimates do not depend on the global seed."""
+    generator = torch.Generator().manual_seed(seed)
+    critic = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+    with torch.no_grad():
+        for layer in (critic[0], critic[2]):
+            bound = layer.in_features ** -0.5
+            for param in (layer.weight, layer.bias):
+                param.copy_(torch.rand(param.shape, generator=generator) * 2 * bound - bound)
+    return critic.to(device=device, dtype=dtype)
+
+
+@register("relax")
+class Relax(SurrogateEstimator):
+    """RELAX with a learned critic on the perturbed logits; unbiased for any critic."""
+
+    name = "relax"
+
+    def __init__(
+        self,
+        num_samples: int = 1,
+        warmup_steps: int = 200,
+        hidden: int = 32,
+        lr: float = 1e-2,
+        critic_replicates: int = 16,
+        critic_seed: int = 0,
+        **options: Any,
+    ):
+        super().__init__(num_samples, **options)
+        self.warmup_steps = check_int(warmup_steps, "warmup_steps", self.label, minimum=0)
+        self.hidden = check_int(hidden, "hidden", self.label)
+        self.critic_replicates = check_int(critic_replicates, "critic_replicates", self.label)
+        self.critic_seed = check_int(critic_seed, "critic_seed", self.label, minimum=0)
+        self.lr = check_positive_number(lr, "lr", self.label)
+        self._critics: dict[tuple, nn.Module] = {}
+
+    # ------------------------------------------------------------------ critic
+    def critic(self, dist: StructuredDistribution) -> nn.Module:
+        """The critic for ``dist``'s event shape, dtype and device (created on first use)."""
+        event = tuple(dist.logits.shape[-dist.logits_event_dim :])
+        key = (event, dist.logits.dtype, dist.logits.device)
+        if key not in self._critics:
+            inputs = int(torch.Size(event).numel())
+            self._critics[key] = _new_critic(inputs, self.hidden, self.critic_seed, dist.logits.dtype, dist.logits.device)
+        return self._critics[key]
+
+    def _critic_values(self, critic: nn.Module, dist: StructuredDistribution, noise: torch.Tensor) -> torch.Tensor:
+        """c(z) with z = -log E, 0 at unusable positions, flattened over the event."""
+        z = perturbed_logits(dist, noise, fill=0.0).flatten(-dist.logits_event_dim)
+        return critic(z).squeeze(-1)
+
+    # ------------------------------------------------------------------ estimate
+    def _surrogate(self, dist: StructuredDistribution, objective: Objective, generator):
+        k = self.num_samples
+        noise = dist.sample_noise((k,), generator)  # reparameterised: depends on the logits
+        with torch.no_grad():
+            x, trace = dist.solve(noise.detach())
+        values = evaluate(objective, dist.indicator(x), (k, *dist.batch_shape), self.label)
+        conditional = dist.noise_given_trace(trace, generator)
+        critic = self.critic(dist)
+        c_noise = self._critic_values(critic, dist, noise)
+        c_conditional = self._critic_values(critic, dist, conditional)
+        # The coefficient's c(Ẽ) is constant w.r.t. the logits, not w.r.t. the critic.
+        baseline = self._critic_values(critic, dist, conditional.detach())
+        log_p = dist.trace_log_prob(trace)
+        per_sample = (values.detach() - baseline) * log_p + c_noise - c_conditional
+        return values.mean(0).sum() + attach(per_sample.mean(0)).sum()
+
+    # ------------------------------------------------------------------ training
+    def critic_loss(
+        self, dist: StructuredDistribution, objective: Objective, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Squared norm of one fresh estimate (summed over the batch); its gradient w.r.t.
+        the critic's weights is an unbiased gradient of the estimator's total variance.
+        Draws its own K samples; no gradient reaches ``dist.logits``."""
+        dist = self._prepare(dist, objective)
+        with torch.enable_grad():
+            leaf = leaf_copy(dist)
+            estimate = gradient(self._surrogate(leaf, objective, generator), leaf.logits, create_graph=True)
+            return estimate.pow(2).sum()
+
+    def train_critic(
+        self,
+        dist: StructuredDistribution,
+        objective: Objective,
+        steps: int,
+        lr: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[float]:
+        """``steps`` Adam steps (learning rate ``lr``, default the ``lr`` option) on the mean
+        squared estimate over ``critic_replicates`` replicates; returns the loss per step."""
+        dist = self._prepare(dist, objective)
+        steps = check_int(steps, "steps", self.label, minimum=0)
+        critic = self.critic(dist)
+        optimizer = torch.optim.Adam(critic.parameters(), lr=self.lr if lr is None else lr)
+        params = list(critic.parameters())
+        losses = []
+        with torch.enable_grad():
+            for _ in range(steps):
+                replicated = replicate(dist, self.critic_replicates)
+                surrogate = self._surrogate(replicated, objective, generator)
+                estimates = gradient(surrogate, replicated.logits, create_graph=True)
+                loss = estimates.pow(2).sum() / self.critic_replicates
+                optimizer.zero_grad()
+                loss.backward(inputs=params)
+                # A NaN here would silently poison the critic (and every later estimate).
+                if not bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()):
+                    raise FloatingPointError(
+                        f"relax: the critic's gradient is not finite on {type(dist).__name__} (a NaN in the "
+                        "second derivative of trace_log_prob or noise_given_trace); the critic was not updated"
+                    )
+                optimizer.step()
+                losses.append(float(loss.detach()))
+        return losses
+
+    def warm_up(
+        self, dist: StructuredDistribution, objective: Objective, generator: torch.Generator | None = None
+    ) -> list[float]:
+        """``train_critic`` for ``warmup_steps`` steps: what the harness runs before measuring."""
+        return self.train_critic(dist, objective, self.warmup_steps, generator=generator)
