@@ -4,13 +4,16 @@
 the canonical names.
 """
 
-# Importing each structure module registers it.
-from rgbench.distributions import arborescence, binary_tree, matching, spanning_tree  # noqa: F401
 from rgbench.distributions.base import Enumeration, StructuredDistribution, TraceSample
 from rgbench.distributions.catalog import DISTRIBUTIONS
-from rgbench.distributions.permutation import Permutation
-from rgbench.distributions.topk import TopK
 
+# Import order is registration order, which names(), the CLI and the reports follow.
+from rgbench.distributions.topk import TopK  # noqa: I001
+from rgbench.distributions.permutation import Permutation
+from rgbench.distributions.matching import GreedyMatching
+from rgbench.distributions.spanning_tree import SpanningTree
+from rgbench.distributions.arborescence import Arborescence, ArborescenceTrace
+from rgbench.distributions.binary_tree import BinaryTree
 
 def get(name: str) -> type[StructuredDistribution]:
     """The distribution class registered as ``name``; ``ValueError`` listing valid names."""
@@ -22,8 +25,13 @@ def names() -> list[str]:
 
 
 __all__ = [
+    "Arborescence",
+    "ArborescenceTrace",
+    "BinaryTree",
     "Enumeration",
+    "GreedyMatching",
     "Permutation",
+    "SpanningTree",
     "StructuredDistribution",
     "TopK",
     "TraceSample",
