@@ -275,3 +275,16 @@ def test_cuda_solve_equals_cpu_solve():
     x_cuda, trace_cuda = cuda.solve(noise.cuda())
     assert torch.equal(x_cuda.cpu(), x) and torch.equal(trace_cuda.cpu(), trace)
     assert torch.allclose(cuda.trace_log_prob(trace_cuda).cpu(), dist.trace_log_prob(trace), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_with_trace_equals_solve_on_its_noise(dtype):
+    """The sampling fast path (no re-validation of its own noise) agrees with the public
+    sample_noise + solve on the same generator state, and with the base class's noise."""
+    dist = random_dist(9, batch_shape=(4,), seed=5, dtype=dtype)
+    sample = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(2))
+    noise = dist.sample_noise((3,), generator=torch.Generator().manual_seed(2))
+    base = StructuredDistribution.sample_noise(dist, (3,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(sample.noise, noise) and torch.equal(noise, base)
+    x, trace = dist.solve(noise)
+    assert torch.equal(sample.x, x) and torch.equal(sample.trace, trace)

@@ -375,3 +375,44 @@ def test_malformed_traces_and_noise_are_rejected():
         dist.trace_log_prob(torch.zeros(3, 4, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="noise must have shape"):
         dist.solve(torch.rand(2, 5, 4))
+
+
+# ---------------------------------------------------------------------- fast paths (issue 6)
+def test_merge_times_match_union_find_at_n50():
+    """Every level of the range-maximum table is used at n = 50 (spans up to 49)."""
+    n, rng = 50, random.Random(50)
+    traces = []
+    for _ in range(3):
+        order = list(range(n))
+        rng.shuffle(order)
+        edges = [tuple(sorted((order[k], order[rng.randrange(k)]))) for k in range(1, n)]
+        rng.shuffle(edges)
+        traces.append(edges)
+    times, joins = merge_times(torch.tensor(traces, dtype=torch.long), n)
+    assert joins.all()
+    for b, trace in enumerate(traces):
+        table = python_merge_times(trace, n)
+        assert times[b].tolist() == [table[i][j] for i, j in combinations(range(n), 2)]
+
+
+def test_merge_times_flag_a_cycle_without_failing():
+    """A step inside one component: ``joins`` is False and the (meaningless) times stay in range."""
+    trace = torch.tensor([[[0, 1], [1, 2], [0, 2], [3, 4]], [[0, 1], [1, 2], [2, 3], [3, 4]]])
+    times, joins = merge_times(trace, 5)
+    assert joins.tolist() == [False, True]
+    assert times.shape == (2, 10) and bool(((times >= 0) & (times <= 4)).all())
+
+
+@pytest.mark.parametrize("complete", [True, False], ids=["complete", "missing-edges"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_with_trace_equals_solve_on_its_noise(complete, dtype):
+    """The sampling fast path (no matrix round trip, no re-validation) agrees with the
+    public sample_noise + solve on the same generator state."""
+    logits = random_graph_logits(12, batch=5, seed=3, drop=0.0 if complete else 0.4, dtype=dtype)
+    dist = SpanningTree(logits)
+    sample = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(7))
+    noise = dist.sample_noise((3,), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(sample.noise, noise)
+    x, trace = dist.solve(noise)
+    assert torch.equal(sample.x, x) and torch.equal(sample.trace, trace)
+    assert torch.equal(dist._edge_usable, dist._usable.flatten(-2)[..., dist._slots])

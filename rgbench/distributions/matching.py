@@ -11,31 +11,35 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
 
 # Values of float32 or narrower have an order-preserving int32 image; with the flat index in
 # the low bits it forms a unique float64 integer key (exact below 2^53, so n^2 <= 2^21).
+# float64 rather than int64 keys: the CPU reduces float64 along columns several times faster.
 _PACK_MAX_ENTRIES = 2**21
 
 
 def _entry_keys(values: torch.Tensor) -> tuple[torch.Tensor, int | None]:
     """Keys [B, n, n] ordered like (value, flat index), and the number of index bits when
-    the keys are packed (then unique, so an ``amin`` identifies its entry) or None (the
-    values themselves; ties are then resolved by ``argmin``, which returns the first)."""
+    the keys are packed (then unique and finite, so an ``amin`` identifies its entry) or
+    None (the values themselves; ties are then resolved by ``argmin``, which returns the
+    first). +inf marks removed entries in both."""
     n = values.shape[-1]
-    top = torch.finfo(values.dtype).max
-    # Infinite utilities become the largest finite ones so that +inf can mark removed entries.
-    values = values.clamp(-top, top)
     if values.dtype == torch.float64 or n * n > _PACK_MAX_ENTRIES:
-        return values, None
-    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0 into +0
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: reverse their magnitude bits
+        top = torch.finfo(values.dtype).max
+        # Infinite utilities become the largest finite ones so that +inf can mark removed entries.
+        return values.clamp(-top, top), None
+    # Negative floats (sign bit set: negative as int32) order in reverse; -2^31 - bits undoes
+    # that and maps -0.0 to 0, so -0.0 ties with +0.0. float16/bfloat16 widen exactly.
+    bits = values.float().view(torch.int32)
+    ordered = torch.where(bits < 0, -(2**31) - bits, bits)
     index_bits = max(1, (n * n - 1).bit_length())
     flat = torch.arange(n * n, dtype=torch.float64, device=values.device).view(n, n)
-    return ordered.double().mul_(2.0**index_bits).add_(flat), index_bits
+    # One add in float64: ordered * 2^index_bits + flat, exact (below 2^52).
+    return torch.add(flat, ordered, alpha=2**index_bits), index_bits
 
 
 def _compaction(free: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,10 +191,24 @@ class GreedyMatching(StructuredDistribution):
 
     # ------------------------------------------------------------------ kernels
     def solve(self, noise):
-        noise = self._check_noise(noise).detach()
+        return self._solve(self._check_noise(noise).detach())
+
+    def _solve(self, noise):
         rows, cols = greedy_match(noise)
         x = torch.empty_like(rows).scatter_(-1, rows, cols)
         return x, torch.stack([rows, cols], -1)
+
+    def sample_noise(self, sample_shape=torch.Size(), generator=None):
+        # Finite logits: every entry is usable, so no masking (the same values as the base).
+        shape = torch.Size(sample_shape) + self.logits.shape
+        return unit_exponential(shape, self.logits.detach(), generator) * torch.exp(-self.logits)
+
+    def sample_with_trace(self, sample_shape=torch.Size(), generator=None):
+        # The noise was just drawn here, so skip solve's validation and masking passes.
+        with torch.no_grad():
+            noise = self.sample_noise(sample_shape, generator)
+            x, trace = self._solve(noise)
+        return TraceSample(x, trace, noise)
 
     def indicator(self, x):
         return torch.nn.functional.one_hot(x, self.n).to(self.logits.dtype)
@@ -229,14 +247,15 @@ class GreedyMatching(StructuredDistribution):
             )
         exit_time = torch.minimum(t_row.unsqueeze(-1), t_col.unsqueeze(-2)).flatten(-2)
         pool = PoolTrace(exit_time, rows * n + cols)
-        check_pool_trace(pool, self._usable.flatten(-2), type(self).__name__)
+        check_pool_trace(pool, None, type(self).__name__)
         return pool
 
     def trace_log_prob(self, trace):
-        return pool_log_prob(self._flat_logits, self._usable.flatten(-2), self._pool(trace))
+        # Finite logits (checked at construction): every entry is usable, no masking needed.
+        return pool_log_prob(self._flat_logits, None, self._pool(trace))
 
     def noise_given_trace(self, trace, generator=None):
-        noise = pool_noise_given_trace(self._flat_logits, self._usable.flatten(-2), self._pool(trace), generator)
+        noise = pool_noise_given_trace(self._flat_logits, None, self._pool(trace), generator)
         return noise.unflatten(-1, (self.n, self.n))
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:

@@ -30,18 +30,30 @@ class PoolTrace(NamedTuple):
     chosen: torch.Tensor
 
 
-def log_normalizers(logits: torch.Tensor, usable: torch.Tensor, pool: PoolTrace) -> torch.Tensor:
-    """log Z_s for s = 0..S-1, shape [..., S]; differentiable w.r.t. ``logits`` [..., K]."""
+def log_normalizers(logits: torch.Tensor, usable: torch.Tensor | None, pool: PoolTrace) -> torch.Tensor:
+    """log Z_s for s = 0..S-1, shape [..., S]; differentiable w.r.t. ``logits`` [..., K].
+
+    ``usable`` [..., K] bool marks the variables that exist (``None``: all of them; callers
+    that know this skip two masking passes over the K variables).
+    Exact and underflow-safe: each bin of the histogram is summed relative to its own
+    maximum, then the bins are combined by a log-sum-exp scan.
+    """
     steps = pool.chosen.shape[-1]
-    bins = torch.where(usable, pool.exit_time, torch.zeros_like(pool.exit_time))
-    logits = logits.expand(bins.shape)
-    masked = torch.where(usable, logits, torch.full_like(logits, -torch.inf))
+    bins = pool.exit_time
+    if usable is None:
+        logits = logits.expand(bins.shape)
+    else:
+        bins = torch.where(usable, bins, torch.zeros_like(bins))
+        logits = logits.expand(bins.shape)
+        logits = torch.where(usable, logits, torch.full_like(logits, -torch.inf))
     hist_shape = bins.shape[:-1] + (steps + 1,)
     # Per-bin log-sum-exp, shifted by the bin's own maximum so no bin underflows.
     peak = torch.full(hist_shape, -torch.inf, dtype=logits.dtype, device=logits.device)
-    peak = peak.scatter_reduce(-1, bins, masked.detach(), "amax").nan_to_num(neginf=0.0)
-    mass = torch.zeros(hist_shape, dtype=logits.dtype, device=logits.device)
-    mass = mass.scatter_add(-1, bins, torch.exp(masked - peak.gather(-1, bins)))
+    peak = peak.scatter_reduce(-1, bins, logits.detach(), "amax").nan_to_num(neginf=0.0)
+    # exp_ in place: the subtraction's backward does not need its output (one K-sized
+    # buffer fewer, which matters on the CPU where every fresh buffer costs page faults).
+    weights = (logits - peak.gather(-1, bins)).exp_()
+    mass = torch.zeros(hist_shape, dtype=logits.dtype, device=logits.device).scatter_add(-1, bins, weights)
     empty = mass <= 0
     log_bin = torch.where(empty, -torch.inf, torch.log(torch.where(empty, 1.0, mass)) + peak)
     # Z_s collects the bins t > s: a reversed cumulative log-sum-exp over bins 1..S.
@@ -49,7 +61,7 @@ def log_normalizers(logits: torch.Tensor, usable: torch.Tensor, pool: PoolTrace)
     return tail
 
 
-def pool_log_prob(logits: torch.Tensor, usable: torch.Tensor, pool: PoolTrace) -> torch.Tensor:
+def pool_log_prob(logits: torch.Tensor, usable: torch.Tensor | None, pool: PoolTrace) -> torch.Tensor:
     """log P(T) = sum_s [logits_{t_s} - log Z_s], shape [...]."""
     chosen = logits.expand(pool.exit_time.shape).gather(-1, pool.chosen)
     return (chosen - log_normalizers(logits, usable, pool)).sum(-1)
@@ -57,7 +69,7 @@ def pool_log_prob(logits: torch.Tensor, usable: torch.Tensor, pool: PoolTrace) -
 
 def pool_noise_given_trace(
     logits: torch.Tensor,
-    usable: torch.Tensor,
+    usable: torch.Tensor | None,
     pool: PoolTrace,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -70,18 +82,23 @@ def pool_noise_given_trace(
     total = offset.gather(-1, pool.exit_time)
     chosen = torch.zeros(total.shape, dtype=torch.bool, device=total.device).scatter(-1, pool.chosen, True)
     fresh_unit = unit_exponential(total.shape, logits, generator)
+    if usable is None:
+        fresh = fresh_unit * torch.exp(-logits)
+        return torch.where(chosen, total, total + fresh)
     safe = torch.where(usable, logits, torch.zeros_like(logits))
     fresh = fresh_unit * torch.exp(-safe)
     noise = torch.where(chosen, total, total + fresh)
     return torch.where(usable, noise, torch.full_like(noise, torch.inf))
 
 
-def check_pool_trace(pool: PoolTrace, usable: torch.Tensor, name: str) -> None:
+def check_pool_trace(pool: PoolTrace, usable: torch.Tensor | None, name: str) -> None:
     """Every step's chosen variable must be usable and leave the pool at that very step."""
     steps = pool.chosen.shape[-1]
     expected = torch.arange(1, steps + 1, device=pool.chosen.device)
-    ok = (pool.exit_time.gather(-1, pool.chosen) == expected) & usable.expand(pool.exit_time.shape).gather(
-        -1, pool.chosen
-    )
+    ok = pool.exit_time.gather(-1, pool.chosen) == expected
+    if usable is not None:
+        ok = ok & usable.expand(pool.exit_time.shape).gather(-1, pool.chosen)
     if not bool(ok.all()):
-        raise ValueError(f"{name}: trace does not belong to this distribution (a step picks a variable outside its pool)")
+        raise ValueError(
+            f"{name}: trace does not belong to this distribution (a step picks a variable outside its pool)"
+        )

@@ -36,7 +36,7 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, unit_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
@@ -89,26 +89,32 @@ def prim_packed(keys: torch.Tensor) -> torch.Tensor:
     ``_INT64_MAX`` marks a missing edge). Returns the keys of the n - 1 tree edges
     ``[..., n-1]`` in the order Prim adds them (not Kruskal's).
 
-    Cost: n - 1 steps of five O(n) vector operations per sample.
+    Cost: n - 1 steps of six O(n) vector operations per sample.
     """
     n = keys.shape[-1]
     lead = keys.shape[:-2]
+    if n <= 1 or keys.numel() == 0:
+        return torch.zeros(lead + (max(n - 1, 0),), dtype=torch.long, device=keys.device)
+    # Rows of all samples stacked: the new node's row is one index_select of contiguous rows
+    # (several times cheaper than a batched gather).
+    rows = keys.reshape(-1, n)
+    batch = rows.shape[0] // n
+    base = torch.arange(0, batch * n, n, device=keys.device)
     # best[u]: the smallest key joining u to the tree, MAX once u is in it. `floor` is MAX
     # for tree nodes and MIN elsewhere, so one elementwise max re-masks them after each
     # update (cheaper than masked_fill, or than blanking u's column of `keys`).
-    floor = torch.full(lead + (n,), torch.iinfo(torch.int64).min, dtype=torch.long, device=keys.device)
-    floor[..., 0] = _INT64_MAX
-    best = torch.maximum(keys[..., 0, :], floor)
+    floor = torch.full((batch, n), torch.iinfo(torch.int64).min, dtype=torch.long, device=keys.device)
+    floor[:, 0] = _INT64_MAX
+    best = torch.maximum(rows[::n], floor)
     picks = []
     for _ in range(n - 1):
-        key, node = best.min(-1, keepdim=True)
+        key, node = best.min(-1)
         picks.append(key)
-        floor.scatter_(-1, node, _INT64_MAX)
-        row = keys.gather(-2, node.unsqueeze(-1).expand(lead + (1, n))).squeeze(-2)
-        best = torch.maximum(torch.minimum(best, row), floor)
-    if not picks:
-        return torch.zeros(lead + (0,), dtype=torch.long, device=keys.device)
-    return torch.cat(picks, -1)
+        floor.scatter_(-1, node.unsqueeze(-1), _INT64_MAX)
+        row = rows.index_select(0, node + base)
+        torch.minimum(best, row, out=best)
+        torch.maximum(best, floor, out=best)
+    return torch.stack(picks, -1).reshape(lead + (n - 1,))
 
 
 def prim_two_keys(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,12 +177,11 @@ def merge_times(trace: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor
     Labels are kept as each component's first node, so the loop costs five O(n) vector
     operations per step. Pointer jumping along the links then gives every node's position
     (log2 n rounds), and the time of a pair is the largest boundary time between the two
-    positions: one cumulative max along the rows of an n x n table, read once per pair.
+    positions: a range maximum, read from a sparse table (:func:`_range_max`).
     Cost: O(n^2) time and memory per sample.
     """
     lead = trace.shape[:-2]
     device = trace.device
-    upper = torch.triu_indices(n, n, 1, device=device)
     nodes = torch.arange(n, device=device).expand(lead + (n,))
     label, last = nodes.clone(), nodes.clone()  # first node of i's block; last node of a block
     firsts, lasts_a = [], []
@@ -207,15 +212,44 @@ def merge_times(trace: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor
     position = (n - 1 - to_tail).clamp(0, n - 1)
     at = torch.zeros_like(position).scatter_(-1, position, nodes)
     gap = boundary.gather(-1, at)  # gap[p]: time of the boundary between positions p - 1 and p
-    later = torch.arange(n, device=device)
-    later = (later[None, :] > later[:, None]).to(torch.float32)
-    # by_pos[p, q] = max of gap over (p, q] for q > p. Times < n are exact in float32, whose
-    # masking product and cummax are cheaper than int64's.
-    by_pos = (gap.to(torch.float32).unsqueeze(-2) * later).cummax(-1).values
-    pos_i = position.gather(-1, upper[0].expand(lead + upper.shape[-1:]))
-    pos_j = position.gather(-1, upper[1].expand(lead + upper.shape[-1:]))
-    cell = torch.minimum(pos_i, pos_j) * n + torch.maximum(pos_i, pos_j)
-    return by_pos.flatten(-2).gather(-1, cell).long(), joins
+    return _range_max(gap, position, n), joins
+
+
+def _range_max(gap: torch.Tensor, position: torch.Tensor, n: int) -> torch.Tensor:
+    """For every pair i < j (row-major), max of ``gap`` [..., n] over the positions
+    (min(p_i, p_j), max(p_i, p_j)], with p = ``position`` [..., n] (in 0..n-1).
+
+    A sparse table: level k holds the maximum of each window of 2^k gaps (log2 n levels of
+    O(n)), and a range of length L >= 1 is covered by two windows of 2^floor(log2 L), so
+    each pair costs a few O(1) lookups: O(n^2) per sample, without an n x n scan.
+    """
+    lead, device = gap.shape[:-1], gap.device
+    upper = torch.triu_indices(n, n, 1, device=device)
+    levels = [gap]
+    while 2 ** len(levels) <= n - 1:
+        half = 2 ** (len(levels) - 1)
+        below = levels[-1]
+        shifted = torch.cat([below[..., half:], torch.zeros_like(below[..., :half])], -1)
+        levels.append(torch.maximum(below, shifted))
+    table = torch.cat(levels, -1)  # [..., K * n]: level k at offset k * n
+    # For a range length L: the level k = floor(log2 L), and the offsets of the windows that
+    # start after the low end and end at the high end. L = 0 (only where the trace did not
+    # join two components) reads some in-range entry.
+    length = torch.arange(n, device=device)
+    level = torch.tensor([max(size.bit_length() - 1, 0) for size in range(n)], device=device)
+    start = torch.where(length > 0, level * n + 1, 0)
+    end = torch.where(length > 0, level * n - 2**level + 1, 0)
+    pairs = lead + upper.shape[-1:]
+    high = position.gather(-1, upper[0].expand(pairs))
+    span = position.gather(-1, upper[1].expand(pairs))
+    # In place where possible: on the CPU every fresh [..., n(n-1)/2] buffer costs page faults.
+    low = torch.minimum(high, span)
+    torch.maximum(high, span, out=high)
+    torch.sub(high, low, out=span)
+    first = start.expand(lead + (n,)).gather(-1, span).add_(low)
+    second = end.expand(lead + (n,)).gather(-1, span).add_(high)
+    first = table.gather(-1, first)
+    return torch.maximum(first, table.gather(-1, second), out=first)
 
 
 # ---------------------------------------------------------------------- distribution
@@ -287,7 +321,7 @@ class SpanningTree(StructuredDistribution):
                 f"{name}: logits must be symmetric (an undirected graph); largest asymmetry "
                 f"|logits[{i}, {j}] - logits[{j}, {i}]| = {float(gap[where]):.4g} at index {index}"
             )
-        if bool(self._edge_usable.all()):
+        if self._complete:
             return  # a complete graph is connected
         edges = self._usable | self._usable.transpose(-1, -2)
         keys = torch.where(edges, _edge_ids(self.n, logits.device), _INT64_MAX)
@@ -337,9 +371,48 @@ class SpanningTree(StructuredDistribution):
         """Kruskal on ``noise`` [..., n, n] (only the strict upper triangle is read): dense
         Prim, then the tree's edges sorted by (E, flat index). O(n^2) per sample."""
         noise = self._check_noise(noise).detach()
+        return self._solve_edges(self._edge_values(noise))
+
+    def sample_with_trace(self, sample_shape=torch.Size(), generator=None):
+        # Kruskal reads only the edge slots: solve on the drawn slot values directly instead
+        # of re-validating and re-extracting the noise matrix that sample_noise just built.
+        with torch.no_grad():
+            values = self._edge_noise(sample_shape, generator)
+            x, trace = self._solve_edges(values)
+            return TraceSample(x, trace, self._edge_matrix(values))
+
+    @cached_property
+    def _slot_keys(self) -> torch.Tensor:
+        """[..., E] long: :attr:`_edge_keys` on the edge slots (the flat index i * n + j,
+        plus n^2 where the slot is not an edge)."""
+        return torch.where(self._edge_usable, self._slots, self._slots + self.n**2)
+
+    @cached_property
+    def _symmetric_slots(self) -> torch.Tensor:
+        """[n * n] long: the edge slot of {i, j} for every cell (i, j), and slot 0 on the
+        diagonal (Prim never reads a node's own cell: the node is in the tree by then)."""
         n = self.n
-        if noise.dtype == torch.float64:
-            weights = torch.minimum(noise, noise.transpose(-1, -2))
+        upper = torch.triu_indices(n, n, 1, device=self.logits.device)
+        slot = torch.zeros(n, n, dtype=torch.long, device=self.logits.device)
+        ids = torch.arange(upper.shape[1], device=self.logits.device)
+        slot[upper[0], upper[1]] = ids
+        slot[upper[1], upper[0]] = ids
+        return slot.flatten()
+
+    def _symmetric(self, values: torch.Tensor) -> torch.Tensor:
+        """Edge-slot values [..., E] -> the symmetric [..., n, n] matrix (one gather: cheaper
+        than two scatters into a filled matrix); the diagonal is arbitrary."""
+        n, lead = self.n, values.shape[:-1]
+        if values.shape[-1] == 0:
+            return values.new_zeros(lead + (n, n))
+        index = self._symmetric_slots.expand(lead + (n * n,))
+        return values.gather(-1, index).unflatten(-1, (n, n))
+
+    def _solve_edges(self, values: torch.Tensor):
+        """Kruskal on the edge-slot noise ``values`` [..., E] (+inf on unusable slots)."""
+        n = self.n
+        if values.dtype == torch.float64:
+            weights = self._symmetric(values)
             _, key = prim_two_keys(weights, self._edge_keys)
             # Kruskal's order: by E, ties by flat index (a stable sort after sorting the ids).
             key = key.sort(-1).values
@@ -349,9 +422,8 @@ class SpanningTree(StructuredDistribution):
             # Pack (E, index) into one int64 whose order is lexicographic: E's order-preserving
             # bits above, the index (< 2^32) below. float16/bfloat16 widen to float32 exactly.
             # torch.add computes in int64, so bits * 2^32 does not overflow.
-            packed = torch.add(self._edge_keys, _ordered_bits(noise.float()), alpha=2**32)
-            packed = torch.minimum(packed, packed.transpose(-1, -2))
-            key = prim_packed(packed).sort(-1).values & 0xFFFFFFFF
+            packed = torch.add(self._slot_keys, _ordered_bits(values.float()), alpha=2**32)
+            key = prim_packed(self._symmetric(packed)).sort(-1).values & 0xFFFFFFFF
         trace = torch.stack([key // n, key % n], -1)
         ordered = key.sort(-1).values
         return torch.stack([ordered // n, ordered % n], -1), trace
@@ -378,7 +450,19 @@ class SpanningTree(StructuredDistribution):
 
     @cached_property
     def _edge_usable(self) -> torch.Tensor:
-        return self._edge_values(self._usable)
+        """[..., E] bool: the edge slots with a finite logit (``_usable`` on the slots, computed
+        on the slots alone; the logits hold no NaN or +inf, so finite means not -inf)."""
+        return self._edge_values(self.logits.detach()) != -torch.inf
+
+    @cached_property
+    def _complete(self) -> bool:
+        """Whether every edge slot of every batch element is usable (read once, at
+        construction): the pool functions then skip their masking passes."""
+        return bool(self._edge_usable.all())
+
+    @property
+    def _pool_usable(self) -> torch.Tensor | None:
+        return None if self._complete else self._edge_usable
 
     def _edge_slot(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The position of edge (u, v), u < v, in the upper-triangle list."""
@@ -389,8 +473,10 @@ class SpanningTree(StructuredDistribution):
         name, n = type(self).__name__, self.n
         trace = self._check_trace(trace)
         chosen = self._edge_slot(trace[..., 0], trace[..., 1])
-        usable = self._edge_usable
-        on_graph = usable.expand(chosen.shape[:-1] + usable.shape[-1:]).gather(-1, chosen).all()
+        usable = self._pool_usable
+        on_graph = True
+        if usable is not None:
+            on_graph = usable.expand(chosen.shape[:-1] + usable.shape[-1:]).gather(-1, chosen).all()
         times, joins = merge_times(trace, n)
         if not bool(on_graph & joins.all()):
             reason = "an edge inside one component (a repeat or a cycle)"
@@ -404,27 +490,41 @@ class SpanningTree(StructuredDistribution):
     def trace_log_prob(self, trace):
         pool = self._pool(trace)
         edge_logits = self._edge_values(self.logits)
-        return pool_log_prob(edge_logits, self._edge_usable, pool)
+        return pool_log_prob(edge_logits, self._pool_usable, pool)
 
     def noise_given_trace(self, trace, generator=None):
         pool = self._pool(trace)
         edge_logits = self._edge_values(self.logits)
-        return self._edge_matrix(pool_noise_given_trace(edge_logits, self._edge_usable, pool, generator))
+        return self._edge_matrix(pool_noise_given_trace(edge_logits, self._pool_usable, pool, generator))
 
     def sample_noise(self, sample_shape=torch.Size(), generator=None):
         """E ~ Exp(exp(logits)) drawn for the edge slots i < j only (half the draws of the full
         matrix), shape ``sample_shape + logits.shape``; +inf elsewhere."""
+        return self._edge_matrix(self._edge_noise(sample_shape, generator))
+
+    def _edge_noise(self, sample_shape, generator) -> torch.Tensor:
+        """E on the edge slots, ``sample_shape + batch_shape + (E,)``; +inf on unusable slots."""
         edge_logits = self._edge_values(self.logits)
         usable = self._edge_usable
         unit = unit_exponential(torch.Size(sample_shape) + usable.shape, edge_logits.detach(), generator)
+        if self._complete:
+            return unit * torch.exp(-edge_logits)
         safe = torch.where(usable, edge_logits, torch.zeros_like(edge_logits))
-        return self._edge_matrix(torch.where(usable, unit * torch.exp(-safe), torch.inf))
+        return torch.where(usable, unit * torch.exp(-safe), torch.inf)
+
+    @cached_property
+    def _upper_cells(self) -> torch.Tensor:
+        """[n * n] long: the edge slot of every upper-triangle cell, E (one past the last
+        slot) everywhere else."""
+        n = self.n
+        cells = torch.full((n * n,), n * (n - 1) // 2, dtype=torch.long, device=self.logits.device)
+        return cells.index_copy_(0, self._slots, torch.arange(self._slots.shape[0], device=cells.device))
 
     def _edge_matrix(self, values: torch.Tensor) -> torch.Tensor:
-        """Edge-slot values [..., E] -> [..., n, n] with +inf outside the strict upper triangle."""
-        n, lead = self.n, values.shape[:-1]
-        matrix = torch.full(lead + (n * n,), torch.inf, dtype=values.dtype, device=values.device)
-        return matrix.scatter(-1, self._slots.expand(values.shape), values).unflatten(-1, (n, n))
+        """Edge-slot values [..., E] -> [..., n, n] with +inf outside the strict upper triangle
+        (an index_select from the values plus one +inf slot: cheaper than a scatter)."""
+        padded = torch.cat([values, values.new_full(values.shape[:-1] + (1,), torch.inf)], -1)
+        return padded.index_select(-1, self._upper_cells).unflatten(-1, (self.n, self.n))
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:
         """Step s: candidates are the usable edges whose endpoints differ in component."""
