@@ -480,3 +480,40 @@ def test_cuda_matches_cpu():
     assert torch.allclose(lp.cpu(), cpu.trace_log_prob(trace_cpu), atol=1e-4)
     lp.sum().backward()
     assert torch.equal(cuda.solve(cuda.noise_given_trace(trace))[1].edges, trace.edges)
+
+
+# ---------------------------------------------------------------------- fast kernel paths
+def test_levels_with_several_cycles_per_row_match_the_reference():
+    """Normal noise at n = 40 leaves several super-nodes drawing in one row at levels 1-3
+    (the pointer-doubling branch of ``solve``) before the single-cycle levels; quantised
+    noise adds ties. Every row must equal the plain reference run on the same noise."""
+    n = 40
+    logits = random_logits(n, 6, seed=21, missing=0.2)
+    dist = Arborescence(logits)
+    noise = dist.sample_noise((2,), generator=torch.Generator().manual_seed(21))
+    noise[1] = (noise[1] * 4).round()
+    x, trace = dist.solve(noise)
+    x_ref, trace_ref = dist.reference_solve(noise)
+    assert torch.equal(x, x_ref) and torch.equal(trace.edges, trace_ref.edges)
+    assert torch.equal(trace.members, trace_ref.members)
+    # Some row contracts two disjoint cycles at level 1: two owners of size >= 2, neither inside the other.
+    owners = trace.members[..., n - 1 :, :].flatten(0, -3)
+    sizes = owners.sum(-1)
+    overlap = (owners.unsqueeze(-2) & owners.unsqueeze(-3)).any(-1)
+    disjoint = (sizes.unsqueeze(-1) >= 2) & (sizes.unsqueeze(-2) >= 2) & ~overlap
+    assert disjoint.any()
+
+
+@pytest.mark.parametrize("value, checked", [(0.0, False), (-100.0, True)])
+def test_sampling_path_equals_solve_on_its_noise(value, checked):
+    """``sample_with_trace`` hands its own noise to the solver unchecked unless a logit is low
+    enough (float32: below about -84) for Exp(1) / exp(logit) to overflow; both paths must
+    give what ``solve`` gives on the returned noise."""
+    logits = random_logits(8, 5, seed=3, missing=0.0, dtype=torch.float32) + value
+    dist = Arborescence(logits)
+    sample = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(4))
+    assert dist._finite_noise is not checked
+    assert bool(torch.isinf(sample.noise[..., 1:, 1:].diagonal(dim1=-2, dim2=-1)).all())
+    x, trace = dist.solve(sample.noise)
+    assert torch.equal(sample.x, x) and torch.equal(sample.trace.edges, trace.edges)
+    assert torch.equal(sample.trace.members, trace.members)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample
 from rgbench.distributions.catalog import register
 
 
@@ -223,13 +223,32 @@ class _SolvedTraces:
 _SOLVED = _SolvedTraces()
 
 
-class _LevelRecord(NamedTuple):
-    """One level of a ``solve`` run: drawing labels ``idx`` [B, w] (ascending, n pads), their
-    picks as flat keys ``pick`` [B, w] (n*n pads) and the partition ``comp`` [B, N]."""
+class _Level(NamedTuple):
+    """The draws of one level >= 1 of a ``solve`` run, one per drawing super-node, sorted by
+    (batch row, label): batch ``row`` [p], the chosen edge's flat key ``pick`` [p] and the
+    owner mask ``owner`` [p, n]."""
 
-    idx: torch.Tensor
+    row: torch.Tensor
     pick: torch.Tensor
-    comp: torch.Tensor
+    owner: torch.Tensor
+
+
+def _merge(best: torch.Tensor, key: torch.Tensor, members: torch.Tensor, group: torch.Tensor, groups: int):
+    """The columns of new super-nodes: the minimum over their members' columns.
+
+    ``best`` / ``key`` [B*n, n] hold each label's column (row b*n + c: reduced values and flat
+    keys of the edges i -> c); ``members`` [q] are flat labels b*n + c (repeats allowed),
+    ``group`` [q] the index of each member's new super-node in 0..groups-1. Returns the
+    merged values and keys [groups, n]; among tied members the smallest key wins (the
+    reference's tie rule: the smallest head for a given tail).
+    """
+    n = best.shape[1]
+    index = group.unsqueeze(1).expand(-1, n)
+    merged = best.index_select(0, members)
+    values = merged.new_full((groups, n), torch.inf).scatter_reduce_(0, index, merged, "amin")
+    won = torch.where(merged == values.gather(0, index), key.index_select(0, members), n * n)
+    keys = torch.full_like(values, n * n, dtype=key.dtype).scatter_reduce_(0, index, won, "amin")
+    return values, keys
 
 
 class _Draws(NamedTuple):
@@ -265,9 +284,11 @@ class Arborescence(StructuredDistribution):
 
     Cost per sample. CLE is sequential in its contractions: the number of levels L is
     data-dependent and grows with n (about 0.4 n for i.i.d. normal logits: one super-node
-    keeps absorbing a node per level), so ``solve`` loops over levels: O(n^2) for level 0,
-    then O(n (w + k + log n)) per level (w super-nodes drawing, k labels on the level's
-    cycles), O(n^2) memory. ``trace_log_prob`` and ``noise_given_trace`` have no loop over
+    keeps absorbing a node per level), so ``solve`` loops over levels: O(n^2 log n) for
+    level 0, then per level O(n) for each drawing super-node and each label its cycle
+    absorbs, plus O(n) relabelling gathers over the batch; O(n^2) memory. After level 0 a
+    level touches only the (row, super-node) pairs that draw, so its cost is a fixed number
+    of small ops (plus two per step of the longest walk). ``trace_log_prob`` and ``noise_given_trace`` have no loop over
     levels: O(n^2 + a n^2) time (a batched matrix product over the a contracted draws) and
     O(n^2 + a n) memory. Traces that ``solve`` did not return (copies, edits, expansions)
     are first validated by an O(n log n)-per-level replay.
@@ -320,13 +341,21 @@ class Arborescence(StructuredDistribution):
         mask[:, self.root] = False
         return mask
 
+    @cached_property
+    def _usable(self) -> torch.Tensor:
+        """As the base class (structurally usable and finite), with finite as > -inf: NaN and
+        +inf logits were rejected at construction."""
+        return self._structural_mask() & (self.logits.detach() > -torch.inf)
+
     def _check_structure(self):
         name = type(self).__name__
         if isinstance(self.root, bool) or not isinstance(self.root, int):
             raise ValueError(f"{name}: root must be an int, got {self.root!r}")
         if not 0 <= self.root < self.n:
             raise ValueError(f"{name}: root={self.root} must be a node in 0..{self.n - 1}")
-        if bool(torch.isfinite(self.logits).all()):
+        # NaN and +inf logits were rejected already, so finite means > -inf (one cheap pass;
+        # torch.isfinite takes four).
+        if self.logits.numel() == 0 or bool(self.logits.detach().amin() > -torch.inf):
             return  # the root reaches every node directly
         # Breadth-first search from the root over usable edges, all instances at once.
         usable = self._usable
@@ -347,15 +376,44 @@ class Arborescence(StructuredDistribution):
             )
 
     # ------------------------------------------------------------------ sampling
+    def sample_with_trace(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> TraceSample:
+        """As the base class, but the sampled noise skips :meth:`solve`'s checks when it is
+        valid by construction: +inf exactly on the unusable edges, finite elsewhere unless a
+        logit is so negative that Exp(1) / exp(logit) overflows."""
+        with torch.no_grad():
+            noise = self.sample_noise(sample_shape, generator)
+            x, trace = self._solve(noise) if self._finite_noise else self.solve(noise)
+        return TraceSample(x, trace, noise)
+
+    @cached_property
+    def _finite_noise(self) -> bool:
+        """Whether sampled noise is surely finite on usable edges: every logit l (unusable ones
+        too, so -inf edges take the checked path) has exp(-l) times the largest Exp(1) draw of
+        ``unit_exponential``, -log(eps / 2), below the dtype's maximum, with 2 nats to spare."""
+        info = torch.finfo(self.logits.dtype)
+        limit = math.log(info.max) - math.log(-math.log(info.eps / 2)) - 2.0
+        return self.logits.numel() == 0 or bool(self.logits.detach().amin() > -limit)
+
     def solve(self, noise):
         """CLE on ``noise`` [..., n, n]: (parents [..., n], trace).
 
-        ``best[b, i, c]`` holds the smallest reduced value of the edges from node i into
-        super-node c and ``key`` its flat index i*n+j (ties: the smallest key, as in the
-        reference). A level touches only the columns of its fresh super-nodes (their draw
-        and the shift) and of its cycles (merged by a min); rows stay nodes, so a contraction
-        needs no row update: tails inside a super-node are masked when it draws. The trace
-        is assembled once at the end from the per-level records.
+        Level 0 draws every column at once. Later levels work on the fresh super-nodes only,
+        as a flat list of (batch row, label) pairs, so a level costs a fixed number of small
+        ops whatever the batch (after the first few levels most rows are done and the rest
+        have a single super-node, which absorbs a node per level).
+
+        State by label c (a super-node's smallest node; flat, b*n + c, after level 0): its
+        column ``best`` / ``key`` (the reduced value and flat key i*n+j of the cheapest edge
+        from node i into it; ties: the smallest key, as in the reference), ``step``: the label
+        holding its pick's tail, and ``term``: the end of its pick chain. Labels that do not
+        draw at a level (static) keep their picks, and these picks form a forest (the last
+        level contracted every cycle), rooted at the fresh labels and the root; ``term`` is
+        that forest's root. So a new cycle passes
+        through fresh labels only via static paths, and is a cycle of the small graph
+        f -> term[label of f's tail] on the fresh labels (found directly when a row has one
+        fresh label, else by pointer doubling over the w fresh labels); the static labels on
+        it are found by walking from each cycle's entry, and every label is absorbed at most
+        once. The trace and the parents are assembled at the end from the per-level draws.
         """
         if isinstance(noise, torch.Tensor) and noise.is_floating_point():
             # X and T are piecewise constant in E. Infinite noise on a usable edge would tie
@@ -363,7 +421,10 @@ class Arborescence(StructuredDistribution):
             # value, so candidates always beat non-candidates, before unusable edges get +inf.
             big = torch.finfo(noise.dtype).max
             noise = noise.detach().clamp(-big, big)
-        noise = self._check_noise(noise)
+        return self._solve(self._check_noise(noise))
+
+    def _solve(self, noise: torch.Tensor):
+        """:meth:`solve` on checked noise: finite on usable edges, +inf on the others."""
         n, root = self.n, self.root
         lead, device = noise.shape[:-2], noise.device
         values = noise.reshape(-1, n, n)
@@ -373,84 +434,154 @@ class Arborescence(StructuredDistribution):
             edges = torch.full(lead + (m, 2), -1, dtype=torch.long, device=device)
             trace = ArborescenceTrace(edges, torch.zeros(lead + (m, n), dtype=torch.bool, device=device))
             return torch.full(lead + (n,), -1, dtype=torch.long, device=device), trace
-        none, inf = n * n, torch.inf
-        best = torch.cat([values, values.new_full((batch, n, 1), inf)], 2)  # [B, n, N]
-        flat_key = torch.arange(n * n, device=device).view(1, n, n).expand(batch, n, n)
-        key = torch.cat([flat_key, flat_key.new_full((batch, n, 1), none)], 2)
-        labels = torch.arange(n + 1, device=device).expand(batch, n + 1)
-        comp = labels.clone()  # [B, N]: label of each node's super-node (node n: the dump)
-        fresh = (labels != root) & (labels != n)
-        pick_tail = torch.full_like(comp, n)
-        pick_tail[:, root] = root  # the root and the dump are fixed points of the picks
-        levels, width = [], n - 1
-        while width:
-            idx = _ascending(fresh, width, labels[0])  # the drawing labels; n pads
-            columns = idx.unsqueeze(1).expand(batch, n, width)
-            cols = best.gather(2, columns)
-            if levels:  # tails inside the super-node are not candidates (level 0: the diagonal, inf)
-                cols = torch.where(comp[:, :n].unsqueeze(2) != idx.unsqueeze(1), cols, inf)
-            # The first minimal row is the smallest tail and key[i, c] the smallest head among
-            # tied edges, so ties go to the smallest flat key, as in the reference.
-            low, row = cols.min(1)  # [B, width]
-            pick = key.gather(2, columns).gather(1, row.unsqueeze(1)).squeeze(1)  # padding: n*n
-            tail = pick // n
-            # Reduced costs; inside tails become +inf, they never enter this super-node again.
-            best.scatter_(2, columns, cols - low.nan_to_num(posinf=0.0).unsqueeze(1))
-            levels.append(_LevelRecord(idx, pick, comp))
-            pick_tail = pick_tail.scatter(1, idx, tail)
-            on_cycle, new_label = _batched_cycles(comp, pick_tail, labels, self._doublings)
-            fresh = on_cycle & (new_label == labels)
-            width, span = torch.stack([fresh.sum(1), on_cycle.sum(1)]).amax(1).tolist()
-            if span:  # merge the columns of each cycle into its new label's column
-                members_of = _ascending(on_cycle, span, labels[0]).unsqueeze(1).expand(batch, n, span)
-                target = new_label.gather(1, members_of[:, 0]).unsqueeze(1).expand(batch, n, span)
-                merged, merged_key = best.gather(2, members_of), key.gather(2, members_of)
-                best.scatter_reduce_(2, target, merged, "amin")
-                # Keys of the winning members only; seeding the target with one of them
-                # first keeps its stale key out of the minimum.
-                won_key = torch.where(merged == best.gather(2, target), merged_key, none)
-                key.scatter_(2, target, won_key).scatter_reduce_(2, target, won_key, "amin")
-            comp = new_label.gather(1, comp)
-        x = self._expand(levels, batch, device)
-        trace = self._assemble(levels, batch, device)
+        flat = batch * n
+        # Level 0: each column's minimum; the first minimal row is the smallest tail.
+        low, tail0 = values.min(1)  # [B, n]
+        low[:, root] = 0.0  # the root's column is all +inf and never draws
+        best = (values - low.unsqueeze(1)).transpose(1, 2).reshape(flat, n)  # row b*n + c: column c
+        key = torch.arange(n * n, device=device).view(n, n).t().expand(batch, n, n).contiguous().view(flat, n)
+        labels = torch.arange(n, device=device)
+        step = tail0.clone()
+        step[:, root] = root  # the root is the only fixed point
+        jump, smallest = step, labels.expand(batch, n)
+        for _ in range(self._doublings):  # smallest[x] = min of x, step(x), ..., step^(2^k - 1)(x)
+            smallest = torch.minimum(smallest, smallest.gather(1, jump))
+            jump = jump.gather(1, jump)
+        on_cycle = torch.zeros_like(step, dtype=torch.bool).scatter_(1, jump, True)
+        on_cycle[:, root] = False
+        is_new = on_cycle & (smallest == labels)
+        width = int(is_new.sum(1).max())
+        # From here on labels are flat, b*n + c, so that one take reads any row's table.
+        rows_n = torch.arange(batch, device=device).unsqueeze(1) * n
+        comp = (torch.where(on_cycle, smallest, labels) + rows_n).view(-1)  # node -> its label
+        # After 2^k >= n steps every walk sits on its cycle (or at the root): its end.
+        term = (torch.where(on_cycle, smallest, root) + rows_n).gather(1, jump).view(-1)
+        step = comp.view(batch, n).gather(1, tail0).view(-1)  # label -> label of its pick's tail
+        fresh = is_new.view(-1).nonzero().squeeze(1)  # sorted
+        members = on_cycle.view(-1).nonzero().squeeze(1)
+        cur, cur_key = _merge(best, key, members, torch.searchsorted(fresh, comp.take(members)), fresh.shape[0])
+        same = torch.arange(flat, device=device)
+        levels: list[_Level] = []
+        while fresh.numel():
+            row = fresh // n
+            row_n = row * n
+            owner = comp.view(batch, n).index_select(0, row) == fresh.unsqueeze(1)
+            cur.masked_fill_(owner, torch.inf)  # tails inside the super-node are not candidates
+            low, arg = cur.min(1)
+            pick = cur_key.gather(1, arg.unsqueeze(1)).squeeze(1)
+            cur.sub_(low.unsqueeze(1))  # reduced costs
+            best.index_copy_(0, fresh, cur)
+            key.index_copy_(0, fresh, cur_key)
+            levels.append(_Level(row, pick, owner))
+            entry = comp.take(row_n + pick // n)  # the label the pick comes from
+            end = term.take(entry)  # a fresh label or the root
+            count = fresh.shape[0]
+            if width == 1:
+                cycle = (end == fresh).nonzero().squeeze(1)
+                cycle_id = cycle
+            else:
+                pair = torch.full((flat,), count, dtype=torch.long, device=device)
+                pair.index_put_((fresh,), torch.arange(count, device=device))
+                graph = torch.cat([pair.take(end), fresh.new_full((1,), count)])  # the root: a sink
+                least = torch.cat([fresh, fresh.new_full((1,), flat)])
+                hop = graph
+                for _ in range(math.ceil(math.log2(width))):
+                    least = torch.minimum(least, least.take(hop))
+                    hop = hop.take(hop)
+                on = torch.zeros(count + 1, dtype=torch.bool, device=device).index_fill_(0, hop, True)[:count]
+                cycle = on.nonzero().squeeze(1)
+                cycle_id = pair.take(least[cycle])  # the pair of the cycle's smallest fresh label
+            if not cycle.numel():
+                break
+            # Members: the fresh labels on cycles and the static labels on the paths between
+            # them, walked with fresh labels made fixed points (a finished walk stays put).
+            step.index_put_((fresh,), fresh)
+            at = entry[cycle]
+            walked = [fresh[cycle], at]
+            while True:
+                ahead = step.take(at)
+                if torch.equal(ahead, at):
+                    break
+                walked.append(ahead)
+                at = ahead
+            step.index_put_((fresh,), entry)
+            walked = torch.stack(walked)  # [k, c]: column j holds walker j's path (repeats are harmless)
+            new = walked.min(0).values  # the smallest label on each walker's path
+            if width > 1:  # a cycle with several fresh labels has one walker per fresh label
+                per_cycle = torch.full((count,), flat, dtype=torch.long, device=device)
+                new = per_cycle.scatter_reduce_(0, cycle_id, new, "amin").take(cycle_id)
+            target = new.expand_as(walked)
+            member = walked.view(-1)
+            relabel = same.clone()
+            relabel.index_put_((member,), target.reshape(-1))
+            comp, step = relabel.index_select(0, comp), relabel.index_select(0, step)
+            if width > 1:  # fresh labels off the cycles now end at a new super-node or the root
+                off = (~on).nonzero().squeeze(1)
+                lands = hop[off]
+                into = relabel.take(least.take(lands.clamp(max=count - 1)))
+                relabel.index_put_((fresh[off],), torch.where(lands == count, row_n[off] + root, into))
+            term = relabel.index_select(0, term)  # its values are fresh labels or the root
+            # Each walker's members once (a finished walker repeats its last label).
+            moved = torch.ones_like(walked, dtype=torch.bool)
+            moved[2:] = walked[2:] != walked[1:-1]
+            walker = torch.arange(walked.shape[1], device=device).expand_as(walked)
+            cur, cur_key = _merge(best, key, member[moved.view(-1)], walker[moved], walked.shape[1])
+            if width == 1:
+                fresh = new
+            else:
+                fresh = new[cycle_id == cycle].sort().values  # one walker per cycle, by new label
+                walkers = torch.arange(new.shape[0], device=device)
+                cur, cur_key = _merge(cur, cur_key, walkers, torch.searchsorted(fresh, new), fresh.shape[0])
+                width = int(torch.bincount(fresh // n).max())
+        x = self._expand(levels, tail0)
+        trace = self._assemble(levels, tail0)
         trace = ArborescenceTrace(*(t.reshape(lead + t.shape[1:]) for t in trace))
         _SOLVED.add(trace, n, root)
         return x.reshape(lead + (n,)), trace
 
-    def _assemble(self, levels: list[_LevelRecord], batch: int, device) -> ArborescenceTrace:
-        """The trace from the per-level records: draws in level order, ascending labels
-        within a level (padding dropped), owners read off each level's partition (level 0:
-        the singletons, which need no lookup)."""
+    def _assemble(self, levels: list[_Level], tail0: torch.Tensor) -> ArborescenceTrace:
+        """The trace from the level-0 tails and the later levels' draws: per row, the draws
+        in level order, ascending labels within a level (stable sort by row)."""
         n, m = self.n, self.num_draws
-        idx = torch.cat([level.idx for level in levels], 1)  # [B, W]
-        pick = torch.cat([level.pick for level in levels], 1)
-        valid = idx < n
-        slot = torch.where(valid, valid.long().cumsum(1) - 1, m)  # row m: dump
-        edges = torch.full((batch, m + 1, 2), -1, dtype=torch.long, device=device)
-        edges.scatter_(1, slot.unsqueeze(2).expand(-1, -1, 2), torch.stack([pick // n, pick % n], 2))
-        members = torch.zeros(batch, m + 1, n, dtype=torch.bool, device=device)
-        members[:, : n - 1] = torch.nn.functional.one_hot(self._others, n).bool()
-        if len(levels) > 1:
-            later = levels[1:]
-            level_of = torch.cat([torch.full((r.idx.shape[1],), i, device=device) for i, r in enumerate(later)])
-            comps = torch.stack([r.comp[:, :n] for r in later], 1)  # [B, L - 1, n]
-            owners = comps.index_select(1, level_of) == idx[:, n - 1 :].unsqueeze(2)  # [B, W - n + 1, n]
-            members.scatter_(1, slot[:, n - 1 :].unsqueeze(2).expand(-1, -1, n), owners)
-        return ArborescenceTrace(edges[:, :m], members[:, :m])
+        batch, device = tail0.shape[0], tail0.device
+        edges = torch.full((batch, m, 2), -1, dtype=torch.long, device=device)
+        members = torch.zeros(batch, m, n, dtype=torch.bool, device=device)
+        others = self._others
+        edges[:, : n - 1, 0] = tail0[:, others]
+        edges[:, : n - 1, 1] = others
+        members[:, : n - 1] = torch.nn.functional.one_hot(others, n).bool()
+        if levels:
+            row, pick, owner = (torch.cat(parts) for parts in zip(*levels))
+            order = torch.sort(row, stable=True).indices
+            ranked = row[order]
+            rank = torch.empty_like(order).index_put_(
+                (order,), torch.arange(order.shape[0], device=device) - torch.searchsorted(ranked, ranked)
+            )
+            slot = row * m + (n - 1) + rank
+            edges.view(-1, 2).index_put_((slot,), torch.stack([pick // n, pick % n], 1))
+            members.view(-1, n).index_put_((slot,), owner)
+        return ArborescenceTrace(edges, members)
 
-    def _expand(self, levels: list[_LevelRecord], batch: int, device) -> torch.Tensor:
-        """Parents from the levels of a run, latest level first. Draws of one level own
-        disjoint sets, so a level is processed at once: a draw lands unless an enclosing
-        draw already landed inside its owner."""
-        n = self.n
-        parent = torch.full((batch, n + 1), -1, dtype=torch.long, device=device)  # column n: dump
-        landed = torch.zeros(batch, n + 1, dtype=torch.long, device=device)
-        for idx, pick, comp in reversed(levels):
-            hits = torch.zeros_like(landed).scatter_add_(1, comp[:, :n], landed[:, :n])
-            slot = torch.where((hits.gather(1, idx) == 0) & (idx < n), pick % n, n)  # padding: the dump
-            parent.scatter_(1, slot, pick // n)
-            landed.scatter_(1, slot, 1)
-        return parent[:, :n]
+    def _expand(self, levels: list[_Level], tail0: torch.Tensor) -> torch.Tensor:
+        """Parents from the draws, latest level first. Draws of one level own disjoint sets,
+        so a level is processed at once: a draw lands unless an enclosing draw already landed
+        inside its owner; level 0 then fills every node not yet landed."""
+        batch, n = tail0.shape
+        flat = batch * n
+        parent = torch.full((flat + 1,), -1, dtype=torch.long, device=tail0.device)  # slot flat: dump
+        landed = torch.zeros(flat + 1, dtype=torch.bool, device=tail0.device)
+        if levels:
+            row, pick, _ = (torch.cat(parts) for parts in zip(*levels))
+            sizes = [level.row.shape[0] for level in levels]
+            tails, heads = (pick // n).split(sizes), (row * n + pick % n).split(sizes)
+            for level, tail, head in zip(reversed(levels), reversed(tails), reversed(heads)):
+                hit = (landed[:flat].view(batch, n).index_select(0, level.row) & level.owner).any(1)
+                slot = torch.where(hit, flat, head)
+                parent.index_put_((slot,), tail)
+                landed.index_fill_(0, slot, True)
+        parent = torch.where(landed[:flat].view(batch, n), parent[:flat].view(batch, n), tail0)
+        parent[:, self.root] = -1
+        return parent
 
     def indicator(self, x):
         one_hot = torch.nn.functional.one_hot(x + 1, self.n + 1)[..., 1:]  # [..., child, parent]
@@ -565,15 +696,18 @@ class Arborescence(StructuredDistribution):
         n, m = self.n, self.num_draws
         usable = self._batched(self._usable, draws.lead)
         masked = torch.where(usable, logits, -torch.inf)
-        level0 = torch.logsumexp(masked, 1)[:, self._others]  # [B, n - 1]
+        peak = masked.detach().amax(1)  # [B, n]; -inf for the root's column
+        shift = peak.nan_to_num(neginf=0.0)
+        rates = torch.exp(masked - shift.unsqueeze(1))  # <= 1; exactly 0 where unusable
+        # torch.logsumexp(masked, 1) step by step (the same float ops), sharing ``rates``; the
+        # root's column (total 0) is dropped before the log.
+        others = self._others
+        level0 = torch.log(rates.sum(1).index_select(1, others)) + shift.index_select(1, others)  # [B, n - 1]
         width = int(draws.active[:, n - 1 :].sum(1).max()) if draws.active.numel() else 0
         if not width:
             return F.pad(level0, (0, m - (n - 1)))
         owners = draws.members[:, n - 1 : n - 1 + width]  # [B, a, n]
         active = draws.active[:, n - 1 : n - 1 + width]
-        peak = masked.detach().amax(1)  # [B, n]; -inf for the root's column
-        shift = peak.nan_to_num(neginf=0.0)
-        rates = torch.exp(masked - shift.unsqueeze(1))  # <= 1; exactly 0 where unusable
         column = torch.bmm((~owners).to(logits.dtype), rates)  # [B, a, n]
         top = torch.where(owners, peak.unsqueeze(1), -torch.inf).amax(-1).nan_to_num(neginf=0.0)  # [B, a]
         scale = torch.exp((shift.unsqueeze(1) - top.unsqueeze(2)).clamp(max=0.0)) * owners
