@@ -62,7 +62,7 @@ def unit_exponential(shape, like: torch.Tensor, generator: torch.Generator | Non
     on the CPU.
     """
     uniform = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
-    return -torch.log1p(-uniform)
+    return uniform.neg_().log1p_().neg_()
 
 
 def _map_trace(fn, trace: Trace) -> Trace:
@@ -108,9 +108,8 @@ class StructuredDistribution(Distribution):
             raise ValueError(f"{name}: logits must have shape {shape}, got {tuple(logits.shape)}")
         if logits.shape[-1] < 1:
             raise ValueError(f"{name}: logits must have n >= 1 items, got shape {tuple(logits.shape)}")
-        bad = torch.isnan(logits) | torch.isposinf(logits)
-        if bad.any():
-            where = tuple(bad.nonzero()[0].tolist())
+        if not bool((logits < torch.inf).all()):  # one pass: NaN and +inf both fail `< inf`
+            where = tuple((~(logits < torch.inf)).nonzero()[0].tolist())
             raise ValueError(
                 f"{name}: logits must not contain NaN or +inf (found {logits[where].item()} at index {where})"
             )
@@ -193,7 +192,12 @@ class StructuredDistribution(Distribution):
         return self._scale_unit_noise(unit_exponential(shape, self.logits.detach(), generator))
 
     def _scale_unit_noise(self, unit: torch.Tensor) -> torch.Tensor:
-        """Exp(1) -> Exp(lambda) by dividing by the rate; +inf where unusable."""
+        """Exp(1) -> Exp(lambda) by dividing by the rate; +inf where unusable.
+
+        Takes ownership of ``unit`` (it may be overwritten)."""
+        if not (self.logits.requires_grad and torch.is_grad_enabled()):
+            # In place, same values: nothing to differentiate, so inf * 0 cannot reach a gradient.
+            return unit.mul_(torch.exp(-self.logits)).masked_fill_(~self._usable, torch.inf)
         safe = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
         return torch.where(self._usable, unit * torch.exp(-safe), torch.full_like(unit, float("inf")))
 
