@@ -6,6 +6,7 @@
     rgbench list
     rgbench optimize --dist cle                # the authors' toy optimisation
     rgbench train listops --scale smoke        # unsupervised ListOps parsing (Table 3)
+    rgbench check                              # variance/bias regression check (CI)
 
 User errors (an unknown name, a device that is not there) exit with code 1 and one line on
 stderr, never a traceback; malformed option values are ``typer.BadParameter`` (code 2).
@@ -25,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rgbench import distributions, estimators, tasks, training_cli
+from rgbench import check_cli, distributions, estimators, tasks, training_cli
 from rgbench.harness import DEFAULT_ESTIMATORS, DEFAULT_SIZES, SpeedGrid, VarianceGrid, run_speed, run_variance
 from rgbench.reports.format import bracketed, number, with_interval
 
@@ -367,8 +368,10 @@ def list_(
             console.print(f"  - {reason}", highlight=False, markup=False)
 
 
-# The training commands (optimize, train, table) live with the training harness.
+# The training commands (optimize, train, table) live with the training harness, and the
+# variance-regression check with the check module.
 training_cli.register(app)
+check_cli.register(app)
 
 
 def main() -> None:  # pragma: no cover - the console script calls ``app`` directly

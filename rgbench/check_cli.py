@@ -1,0 +1,134 @@
+"""``rgbench check``: the CI regression check on estimator variance and bias.
+
+    rgbench check                  # compare with baselines/variance-check.json; exit 1 on FAIL
+    rgbench check --seed 7         # the same, on a fresh independent sample
+    rgbench check --update         # recompute and rewrite the baseline (the only way it changes)
+
+``register(app)`` adds the command to a Typer app (``rgbench.cli`` wires it in). The
+statistics and verdicts are documented in :mod:`rgbench.harness.check`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rgbench.harness import check as checks
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _ints(value: str | None, option: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        parsed = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers such as 3,4, got {value!r}", param_hint=option)
+    if not parsed:
+        raise typer.BadParameter("needs at least one integer", param_hint=option)
+    return parsed
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _command(update: bool, baseline: Path | None, seed: int, dists, sizes, estimators, replicates) -> str:
+    """The command that reproduces this run (options left at their defaults are omitted,
+    so a committed baseline names no machine-specific path)."""
+    words = ["rgbench", "check"] + (["--update"] if update else []) + ["--seed", str(seed)]
+    if baseline is not None:
+        words += ["--baseline", str(baseline)]
+    for flag, value in (("--dists", dists), ("--sizes", sizes), ("--estimators", estimators)):
+        if value is not None:
+            words += [flag, ",".join(map(str, value))]
+    if replicates is not None:
+        words += ["--replicates", str(replicates)]
+    return " ".join(words)
+
+
+def check(
+    baseline: Annotated[Optional[Path], typer.Option(
+        help="Baseline JSON. Default: baselines/variance-check.json in the source checkout rgbench is "
+             "imported from (else in the working directory).")] = None,
+    update: Annotated[bool, typer.Option(
+        "--update", help="Recompute every cell and rewrite the baseline instead of comparing.")] = False,
+    seed: Annotated[Optional[int], typer.Option(
+        min=0, help="Seed of the estimates. Default: the baseline's (reproduces it exactly); another seed "
+                    "compares a fresh independent sample. With --update: the new baseline's seed (default 0).")] = None,
+    dists: Annotated[Optional[str], typer.Option(
+        help="Comma-separated structures (default: every registered one). For quick local runs; CI uses defaults.")] = None,
+    sizes: Annotated[Optional[str], typer.Option(
+        help=f"Comma-separated sizes n (default {','.join(map(str, checks.DEFAULT_SIZES))}).")] = None,
+    estimators: Annotated[Optional[str], typer.Option(
+        help=f"Comma-separated estimators (default {','.join(checks.DEFAULT_ESTIMATORS)}).")] = None,
+    replicates: Annotated[Optional[int], typer.Option(
+        min=2, help=f"Independent estimates per cell, R (default {checks.DEFAULT_REPLICATES}).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; the summary only.")] = False,
+):
+    """Check that no estimator's variance rose and no unbiased estimator became biased.
+
+    Recomputes a fixed grid (every structure at n=3,4 x e-/t-/x-reinforce, e-/t-loo, relax, sst,
+    K=4, R=10000, CPU, float64, fixed seeds) and compares it with the committed baseline: a
+    one-sided z-test on log(V_cur / V_base) per cell, a z-test of every coordinate of each
+    unbiased estimator's mean against the exact gradient, Bonferroni over all tests at a
+    family-wise false-alarm rate of 1e-3. Exit 1 when a cell FAILs (variance rose, biased,
+    missing, raising, or newly skipped), naming the cells.
+    """
+    path = baseline if baseline is not None else checks.default_baseline_path()
+    size_values, dist_names, estimator_names = _ints(sizes, "--sizes"), _names(dists), _names(estimators)
+    try:
+        grid = checks.CheckGrid(**{key: value for key, value in (
+            ("dists", dist_names), ("sizes", size_values), ("estimators", estimator_names),
+            ("replicates", replicates)) if value is not None})
+    except ValueError as error:
+        _fail(str(error))
+
+    reference = None
+    if not update:
+        if not path.is_file():
+            _fail(f"no baseline at {path}; create it with `rgbench check --update`")
+        try:
+            reference = checks.CheckRun.load(path)
+        except ValueError as error:
+            _fail(str(error))
+        reason = checks.comparable(reference, grid)
+        if reason is not None:
+            _fail(reason)
+    run_seed = seed if seed is not None else (reference.seed if reference is not None else checks.DEFAULT_SEED)
+    instance_seed = reference.instance_seed if reference is not None else run_seed
+
+    start = time.perf_counter()
+    current = checks.run_check(
+        grid, run_seed, instance_seed=instance_seed, progress=not quiet,
+        command=_command(update, baseline, run_seed, dist_names, size_values, estimator_names, replicates),
+    )
+    seconds = time.perf_counter() - start
+
+    if update:
+        current.save(path)
+        comparison = checks.self_check(current)
+    else:
+        comparison = checks.compare(reference, current)
+    if not quiet:
+        typer.echo(checks.format_table(comparison))
+    summary = comparison.summary() + f" ({seconds:.0f} s)"
+    if update:
+        typer.echo(f"Wrote {path} ({len(current.cells)} cells, seed {run_seed}).")
+    if not comparison.passed:
+        _fail(summary if not update else f"baseline written, but {summary}")
+    typer.echo(summary)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``check`` command to ``app``."""
+    app.command(name="check")(check)
