@@ -456,6 +456,71 @@ def test_relax_critic_loss_gives_finite_critic_gradients(name):
     assert any(bool((g != 0).any()) for g in grads)
 
 
+def saturate(critic, output):
+    """Make every tanh unit saturate (tanh = 1 exactly in floating point, so dc/dz = 0) and
+    the critic output the constant ``output``."""
+    with torch.no_grad():
+        critic[0].weight.zero_()
+        critic[0].bias.fill_(50.0)
+        critic[2].weight.fill_(0.0)
+        critic[2].bias.fill_(output)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_relax_critic_loss_is_finite_and_exact_for_a_saturated_critic(name):
+    """Regression: a saturated critic (dc/dz = 0 exactly, as when large logits drive every
+    tanh unit past ~9) used to give NaN critic gradients: the squared estimate was
+    differentiated through the first backward pass, and PyTorch's logcumsumexp backward
+    (the pool distributions' log-normalisers) takes log|cotangent|, NaN in the double
+    backward at a zero cotangent. Oracle: the loss is quadratic in the output bias b, so a
+    central difference of loss values (forward passes only) gives its derivative exactly."""
+    dist = make(name, 4, batch_shape=(2,), seed=82)
+    objective = Quadratic(dist, seed=15)
+    relax = build("relax", 3)
+    critic = relax.critic(dist)
+    saturate(critic, 0.3)
+    loss = relax.critic_loss(dist, objective, generator=seeded(83))
+    grads = torch.autograd.grad(loss, list(critic.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads), grads
+    step = 0.25
+
+    def loss_at(bias):
+        with torch.no_grad():
+            critic[2].bias.fill_(bias)
+        return float(relax.critic_loss(dist, objective, generator=seeded(83)).detach())
+
+    expected = (loss_at(0.3 + step) - loss_at(0.3 - step)) / (2 * step)
+    assert math.isclose(float(grads[3]), expected, rel_tol=1e-8, abs_tol=1e-8), (float(grads[3]), expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_relax_critic_loss_is_zero_with_zero_gradient_for_a_perfect_constant_critic(name):
+    """L = c = 0.7 everywhere: every estimate is exactly 0, and so is the critic's gradient
+    (the coefficient L - c(Ẽ) and dc/dz are both exactly zero; this used to give NaN)."""
+    dist = make(name, 4, batch_shape=(2,), seed=84)
+    relax = build("relax", 3)
+    critic = relax.critic(dist)
+    saturate(critic, 0.7)
+    loss = relax.critic_loss(dist, Constant(dist, 0.7), generator=seeded(85))
+    grads = torch.autograd.grad(loss, list(critic.parameters()), allow_unused=True)
+    assert float(loss.detach()) == 0.0
+    assert all(g is None or bool((g == 0).all()) for g in grads), grads
+
+
+def test_relax_critic_trains_without_nan_on_large_matching_logits():
+    """The toy optimisation's failure: near-deterministic 10x10 matching (logits 8 on the
+    diagonal, -5 elsewhere, float32) saturates the critic; its Adam steps must stay finite."""
+    logits = torch.full((10, 10), -5.0)
+    logits.diagonal().fill_(8.0)
+    dist = make("matching", 10, dtype=torch.float32)
+    dist = type(dist)(logits, **dist._extra_args())
+    objective = lambda y: -y.diagonal(dim1=-2, dim2=-1).sum(-1)  # noqa: E731
+    relax = build("relax", 3, critic_replicates=4)
+    losses = relax.train_critic(dist, objective, steps=20, generator=seeded(86))
+    assert all(math.isfinite(value) for value in losses)
+    assert all(torch.isfinite(p).all() for p in relax.critic(dist).parameters())
+
+
 # ---------------------------------------------------------------------------- SST
 def separated_noise(dist, seed):
     """Noise whose perturbed logits are a random permutation of 0, 3, 6, ...: far apart,

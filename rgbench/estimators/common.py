@@ -84,11 +84,15 @@ def attach(term: torch.Tensor) -> torch.Tensor:
     return term - term.detach()
 
 
-def gradient(surrogate: torch.Tensor, logits: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+def gradient(
+    surrogate: torch.Tensor, logits: torch.Tensor, create_graph: bool = False, retain_graph: bool | None = None
+) -> torch.Tensor:
     """d surrogate / d logits; zeros when the surrogate does not depend on the logits."""
     if not surrogate.requires_grad:
         return torch.zeros_like(logits)
-    (grad,) = torch.autograd.grad(surrogate, logits, allow_unused=True, create_graph=create_graph)
+    (grad,) = torch.autograd.grad(
+        surrogate, logits, allow_unused=True, create_graph=create_graph, retain_graph=retain_graph
+    )
     return torch.zeros_like(logits) if grad is None else grad
 
 

@@ -26,7 +26,8 @@ that the harness runs before measuring; ``hidden`` (32); ``lr`` (1e-2, Adam);
 ``critic_replicates`` (16 independent estimates per training step); ``critic_seed`` (0).
 
 Cost per estimate: K samples, K conditional noise draws, 3K critic evaluations and K
-objective evaluations; training steps add a double backward pass.
+objective evaluations; a critic step (``critic_loss``) adds a first-order and a double
+backward pass through the distribution (see ``_squared_estimate`` for why it is arranged so).
 """
 
 from __future__ import annotations
@@ -99,29 +100,74 @@ class Relax(SurrogateEstimator):
             self._critics[key] = _new_critic(inputs, self.hidden, self.critic_seed, dist.logits.dtype, dist.logits.device)
         return self._critics[key]
 
-    def _critic_values(self, critic: nn.Module, dist: StructuredDistribution, noise: torch.Tensor) -> torch.Tensor:
-        """c(z) with z = -log E, 0 at unusable positions, flattened over the event."""
-        z = perturbed_logits(dist, noise, fill=0.0).flatten(-dist.logits_event_dim)
-        return critic(z).squeeze(-1)
+    @staticmethod
+    def _critic_inputs(dist: StructuredDistribution, noise: torch.Tensor) -> torch.Tensor:
+        """z = -log E, 0 at unusable positions, flattened over the event."""
+        return perturbed_logits(dist, noise, fill=0.0).flatten(-dist.logits_event_dim)
+
+    def _draw(self, dist: StructuredDistribution, objective: Objective, generator):
+        """K samples: L(X), log P(T) and the critic inputs z(E), z(Ẽ), all reparameterised."""
+        noise = dist.sample_noise((self.num_samples,), generator)  # reparameterised: depends on the logits
+        with torch.no_grad():
+            x, trace = dist.solve(noise.detach())
+        values = evaluate(objective, dist.indicator(x), (self.num_samples, *dist.batch_shape), self.label)
+        conditional = dist.noise_given_trace(trace, generator)
+        log_p = dist.trace_log_prob(trace)
+        return values, log_p, self._critic_inputs(dist, noise), self._critic_inputs(dist, conditional)
 
     # ------------------------------------------------------------------ estimate
     def _surrogate(self, dist: StructuredDistribution, objective: Objective, generator):
-        k = self.num_samples
-        noise = dist.sample_noise((k,), generator)  # reparameterised: depends on the logits
-        with torch.no_grad():
-            x, trace = dist.solve(noise.detach())
-        values = evaluate(objective, dist.indicator(x), (k, *dist.batch_shape), self.label)
-        conditional = dist.noise_given_trace(trace, generator)
+        values, log_p, z, z_conditional = self._draw(dist, objective, generator)
         critic = self.critic(dist)
-        c_noise = self._critic_values(critic, dist, noise)
-        c_conditional = self._critic_values(critic, dist, conditional)
+        c_noise = critic(z).squeeze(-1)
+        c_conditional = critic(z_conditional).squeeze(-1)
         # The coefficient's c(Ẽ) is constant w.r.t. the logits, not w.r.t. the critic.
-        baseline = self._critic_values(critic, dist, conditional.detach())
-        log_p = dist.trace_log_prob(trace)
+        baseline = critic(z_conditional.detach()).squeeze(-1)
         per_sample = (values.detach() - baseline) * log_p + c_noise - c_conditional
         return values.mean(0).sum() + attach(per_sample.mean(0)).sum()
 
     # ------------------------------------------------------------------ training
+    def _squared_estimate(self, dist: StructuredDistribution, objective: Objective, generator) -> torch.Tensor:
+        """||g||^2 summed over the batch, for a leaf ``dist``: value exact, gradient w.r.t. the
+        critic's weights exact, and no gradient to ``dist.logits``.
+
+        The estimate is linear in its cotangents w = (a, v, ṽ) with a = L - c(Ẽ),
+        v = dc/dz(E), ṽ = dc/dz(Ẽ):  g = A w,  A w = grad_logits[sum a log P + v.z(E) - ṽ.z(Ẽ)] / K.
+        So d||g||^2/dphi = 2 (A^T g)·dw/dphi, where only w depends on the critic phi. A^T g is
+        computed as d/du <A u, g> (exact at any u by linearity) at u = 1, *not* by
+        differentiating A w through w: PyTorch's logcumsumexp backward (used by the pool
+        distributions' log-normalisers) takes log|cotangent|, so its double backward is NaN
+        wherever a cotangent is exactly 0 -- which happens as soon as the tanh critic
+        saturates (dc/dz = 0) or fits L exactly (a = 0). At u = 1 every cotangent that
+        reaches the distribution's graph is a sum of same-signed nonzero terms.
+        """
+        values, log_p, z, z_conditional = self._draw(dist, objective, generator)
+        critic = self.critic(dist)
+        z_in = z.detach().requires_grad_()
+        z_conditional_in = z_conditional.detach().requires_grad_()
+        c_noise = critic(z_in).squeeze(-1)
+        c_conditional = critic(z_conditional_in).squeeze(-1)
+        # dc/dz as functions of the critic's weights (second derivatives of the MLP only).
+        v, v_conditional = torch.autograd.grad(
+            (c_noise.sum(), c_conditional.sum()), (z_in, z_conditional_in), create_graph=True
+        )
+        k = self.num_samples
+        weights = ((values.detach() - c_conditional) / k, v / k, -v_conditional / k)
+        terms = (log_p, z, z_conditional)
+
+        def apply(cotangents, create_graph):  # A u
+            total = sum((c * t).sum() for c, t in zip(cotangents, terms))
+            return gradient(total, dist.logits, create_graph=create_graph, retain_graph=True)
+
+        estimate = apply([w.detach() for w in weights], create_graph=False).detach()
+        probes = [torch.ones_like(t).requires_grad_() for t in terms]
+        projected = apply(probes, create_graph=True)
+        if not projected.requires_grad:  # the estimate does not depend on the logits at all
+            return estimate.pow(2).sum()
+        adjoint = torch.autograd.grad((projected * estimate).sum(), probes, allow_unused=True)
+        linear = sum((w * a.detach()).sum() for w, a in zip(weights, adjoint) if a is not None)
+        return estimate.pow(2).sum() + 2 * attach(linear)
+
     def critic_loss(
         self, dist: StructuredDistribution, objective: Objective, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -130,9 +176,7 @@ class Relax(SurrogateEstimator):
         Draws its own K samples; no gradient reaches ``dist.logits``."""
         dist = self._prepare(dist, objective)
         with torch.enable_grad():
-            leaf = leaf_copy(dist)
-            estimate = gradient(self._surrogate(leaf, objective, generator), leaf.logits, create_graph=True)
-            return estimate.pow(2).sum()
+            return self._squared_estimate(leaf_copy(dist), objective, generator)
 
     def train_critic(
         self,
@@ -153,16 +197,14 @@ class Relax(SurrogateEstimator):
         with torch.enable_grad():
             for _ in range(steps):
                 replicated = replicate(dist, self.critic_replicates)
-                surrogate = self._surrogate(replicated, objective, generator)
-                estimates = gradient(surrogate, replicated.logits, create_graph=True)
-                loss = estimates.pow(2).sum() / self.critic_replicates
+                loss = self._squared_estimate(replicated, objective, generator) / self.critic_replicates
                 optimizer.zero_grad()
                 loss.backward(inputs=params)
                 # A NaN here would silently poison the critic (and every later estimate).
                 if not bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()):
                     raise FloatingPointError(
                         f"relax: the critic's gradient is not finite on {type(dist).__name__} (a NaN in the "
-                        "second derivative of trace_log_prob or noise_given_trace); the critic was not updated"
+                        "derivatives of trace_log_prob or noise_given_trace); the critic was not updated"
                     )
                 optimizer.step()
                 losses.append(float(loss.detach()))
