@@ -30,6 +30,28 @@ class PoolTrace(NamedTuple):
     chosen: torch.Tensor
 
 
+def reverse_logcumsumexp(x: torch.Tensor) -> torch.Tensor:
+    """y_r = log sum_{s >= r} exp(x_s) along the last axis; ``-inf`` entries allowed.
+
+    A float64 cumulative sum shifted by the row maximum. Exact unless the finite entries of
+    a row span more than ~600 nats (exp would underflow), where ``torch.logcumsumexp`` is
+    used instead. Preferred to it because torch's CPU kernel is an order of magnitude
+    slower, and its backward has a NaN second derivative wherever the incoming gradient is
+    exactly 0 (RELAX differentiates the estimate's square through it).
+    """
+    if x.numel() == 0:
+        return x.clone()
+    values = x.detach()
+    top = values.amax(-1, keepdim=True)
+    bottom = torch.where(values > -torch.inf, values, top).amin(-1, keepdim=True)
+    if bool(((top - bottom) > 600).any()):
+        return torch.logcumsumexp(x.flip(-1), -1).flip(-1)
+    top = top.nan_to_num(neginf=0.0)  # an all -inf row stays -inf
+    shifted = torch.exp((x - top).double())
+    tails = torch.log(shifted.flip(-1).cumsum(-1).flip(-1))
+    return (tails + top.double()).to(x.dtype)
+
+
 def log_normalizers(logits: torch.Tensor, usable: torch.Tensor | None, pool: PoolTrace) -> torch.Tensor:
     """log Z_s for s = 0..S-1, shape [..., S]; differentiable w.r.t. ``logits`` [..., K].
 
@@ -57,8 +79,7 @@ def log_normalizers(logits: torch.Tensor, usable: torch.Tensor | None, pool: Poo
     empty = mass <= 0
     log_bin = torch.where(empty, -torch.inf, torch.log(torch.where(empty, 1.0, mass)) + peak)
     # Z_s collects the bins t > s: a reversed cumulative log-sum-exp over bins 1..S.
-    tail = torch.logcumsumexp(log_bin[..., 1:].flip(-1), -1).flip(-1)
-    return tail
+    return reverse_logcumsumexp(log_bin[..., 1:])
 
 
 def pool_log_prob(logits: torch.Tensor, usable: torch.Tensor | None, pool: PoolTrace) -> torch.Tensor:

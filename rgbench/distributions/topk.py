@@ -10,6 +10,7 @@ import torch
 from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, unit_exponential
 from rgbench.distributions.catalog import register
+from rgbench.distributions.pool import reverse_logcumsumexp
 
 
 class PlackettLuceRecursion(spec.Recursion):
@@ -49,21 +50,6 @@ def prefix_draw_sets(usable: torch.Tensor, trace: torch.Tensor) -> DrawSet:
     candidates = usable.unsqueeze(-2) & ~before
     active = torch.ones(trace.shape, dtype=torch.bool, device=trace.device)
     return DrawSet(candidates, trace, active)
-
-
-def reverse_logcumsumexp(x: torch.Tensor) -> torch.Tensor:
-    """y_r = log sum_{s >= r} exp(x_s) along the last axis.
-
-    A float64 cumulative sum shifted by the row maximum: exact unless a row spans more than
-    ~700 nats (then exp underflows), where the slower ``torch.logcumsumexp`` is used.
-    torch's CPU logcumsumexp is an order of magnitude slower forward and backward.
-    """
-    span = x.detach().amax(-1, keepdim=True)
-    if x.numel() == 0 or bool(((span - x.detach().amin(-1, keepdim=True)) > 600).any()):
-        return torch.logcumsumexp(x.flip(-1), -1).flip(-1)
-    shifted = torch.exp((x - span).double())
-    tails = torch.log(shifted.flip(-1).cumsum(-1).flip(-1))
-    return (tails + span.double()).to(x.dtype)
 
 
 @lru_cache(maxsize=None)
