@@ -129,6 +129,22 @@ class StructuredDistribution(Distribution):
         # Unusable positions must never win an argmin, whatever the caller put there.
         return torch.where(self._usable, noise, torch.full_like(noise, float("inf")))
 
+    def _trace_lead_shape(self, trace: Any, event: tuple[int, ...]) -> torch.Size:
+        """Check that ``trace`` is a LongTensor ending in ``event`` whose leading dims
+        broadcast with the batch shape; return the broadcast leading shape."""
+        name = type(self).__name__
+        if not isinstance(trace, torch.Tensor) or trace.dtype != torch.long or trace.shape[trace.dim() - len(event) :] != event:
+            got = (trace.dtype, tuple(trace.shape)) if isinstance(trace, torch.Tensor) else type(trace).__name__
+            shape = ", ".join(["..."] + [str(size) for size in event])
+            raise ValueError(f"{name}: trace must be a LongTensor of shape ({shape}), got {got}")
+        lead = trace.shape[: trace.dim() - len(event)]
+        try:
+            return torch.broadcast_shapes(lead, self.batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{name}: trace shape {tuple(trace.shape)} does not broadcast with batch_shape {tuple(self.batch_shape)}"
+            ) from None
+
     # ------------------------------------------------------------------ shape helpers
     @property
     def n(self) -> int:

@@ -255,16 +255,7 @@ class BinaryTree(StructuredDistribution):
     def _segments(self, trace) -> tuple[torch.Tensor, torch.Tensor]:
         """Validate ``trace``; return (lo, hi), each [..., n]: node v's segment is lo_v..hi_v."""
         name, n = type(self).__name__, self.n
-        if not isinstance(trace, torch.Tensor) or trace.dtype != torch.long or trace.shape[-1:] != (n,):
-            got = (trace.dtype, tuple(trace.shape)) if isinstance(trace, torch.Tensor) else type(trace).__name__
-            raise ValueError(f"{name}: trace must be a LongTensor of shape (..., {n}), got {got}")
-        try:
-            lead = torch.broadcast_shapes(trace.shape[:-1], self.batch_shape)
-        except RuntimeError:
-            raise ValueError(
-                f"{name}: trace batch shape {tuple(trace.shape[:-1])} does not broadcast with the "
-                f"distribution's batch shape {tuple(self.batch_shape)}"
-            ) from None
+        lead = self._trace_lead_shape(trace, (n,))
         check = check_parent_array(trace.expand(lead + (n,)))
         if check.out_of_range.any():
             raise ValueError(f"{name}: trace holds parents outside -1..{n - 1} or a node that is its own parent")

@@ -217,16 +217,7 @@ class GreedyMatching(StructuredDistribution):
     def _check_trace(self, trace) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, cols) of a valid trace, broadcast against the batch shape."""
         name, n = type(self).__name__, self.n
-        if not isinstance(trace, torch.Tensor) or trace.dtype != torch.long or trace.shape[-2:] != (n, 2):
-            got = (trace.dtype, tuple(trace.shape)) if isinstance(trace, torch.Tensor) else type(trace).__name__
-            raise ValueError(f"{name}: trace must be a LongTensor of shape (..., {n}, 2), got {got}")
-        try:
-            lead = torch.broadcast_shapes(trace.shape[:-2], self.batch_shape)
-        except RuntimeError:
-            raise ValueError(
-                f"{name}: trace batch shape {tuple(trace.shape[:-2])} does not broadcast with the "
-                f"distribution's batch shape {tuple(self.batch_shape)}"
-            ) from None
+        lead = self._trace_lead_shape(trace, (n, 2))
         trace = trace.expand(lead + (n, 2))
         if ((trace < 0) | (trace >= n)).any():
             raise ValueError(f"{name}: trace holds rows or columns outside 0..{n - 1}")

@@ -336,19 +336,7 @@ class SpanningTree(StructuredDistribution):
     def _check_trace(self, trace) -> torch.Tensor:
         """Shape, dtype and 0 <= u < v < n; returns the trace broadcast with the batch shape."""
         name, n = type(self).__name__, self.n
-        if not isinstance(trace, torch.Tensor) or trace.dtype != torch.long or trace.shape[-2:] != (n - 1, 2):
-            got = (trace.dtype, tuple(trace.shape)) if isinstance(trace, torch.Tensor) else type(trace).__name__
-            raise ValueError(
-                f"{name}: trace does not belong to this distribution: it must be a LongTensor of shape "
-                f"(..., {n - 1}, 2), got {got}"
-            )
-        try:
-            lead = torch.broadcast_shapes(trace.shape[:-2], self.batch_shape)
-        except RuntimeError:
-            raise ValueError(
-                f"{name}: trace shape {tuple(trace.shape)} does not broadcast with "
-                f"batch_shape {tuple(self.batch_shape)}"
-            ) from None
+        lead = self._trace_lead_shape(trace, (n - 1, 2))
         u, v = trace[..., 0], trace[..., 1]
         if bool(((u < 0) | (u >= v) | (v >= n)).any()):
             raise ValueError(

@@ -124,12 +124,9 @@ class TopK(StructuredDistribution):
         return zeros.scatter(-1, x, 1.0)
 
     def _check_trace(self, trace: torch.Tensor) -> torch.Tensor:
-        name = type(self).__name__
-        if not isinstance(trace, torch.Tensor) or trace.dtype != torch.long or trace.shape[-1:] != (self.k,):
-            got = (trace.dtype, tuple(trace.shape)) if isinstance(trace, torch.Tensor) else type(trace).__name__
-            raise ValueError(f"{name}: trace must be a LongTensor of shape (..., {self.k}), got {got}")
+        self._trace_lead_shape(trace, (self.k,))
         if ((trace < 0) | (trace >= self.n)).any():
-            raise ValueError(f"{name}: trace holds items outside 0..{self.n - 1}")
+            raise ValueError(f"{type(self).__name__}: trace holds items outside 0..{self.n - 1}")
         return trace
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:
