@@ -16,30 +16,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from rgbench.cli_parsing import fail, parse_ints, parse_names
+
 from rgbench.harness import check as checks
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _ints(value: str | None, option: str) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        parsed = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers such as 3,4, got {value!r}", param_hint=option)
-    if not parsed:
-        raise typer.BadParameter("needs at least one integer", param_hint=option)
-    return parsed
-
-
-def _names(value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _command(update: bool, baseline: Path | None, seed: int, dists, sizes, estimators, replicates) -> str:
@@ -85,25 +64,27 @@ def check(
     missing, raising, or newly skipped), naming the cells.
     """
     path = baseline if baseline is not None else checks.default_baseline_path()
-    size_values, dist_names, estimator_names = _ints(sizes, "--sizes"), _names(dists), _names(estimators)
+    size_values = None if sizes is None else parse_ints(sizes, "--sizes")
+    dist_names = None if dists is None else parse_names(dists)
+    estimator_names = None if estimators is None else parse_names(estimators)
     try:
         grid = checks.CheckGrid(**{key: value for key, value in (
             ("dists", dist_names), ("sizes", size_values), ("estimators", estimator_names),
             ("replicates", replicates)) if value is not None})
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
 
     reference = None
     if not update:
         if not path.is_file():
-            _fail(f"no baseline at {path}; create it with `rgbench check --update`")
+            fail(f"no baseline at {path}; create it with `rgbench check --update`")
         try:
             reference = checks.CheckRun.load(path)
         except ValueError as error:
-            _fail(str(error))
+            fail(str(error))
         reason = checks.comparable(reference, grid)
         if reason is not None:
-            _fail(reason)
+            fail(reason)
     run_seed = seed if seed is not None else (reference.seed if reference is not None else checks.DEFAULT_SEED)
     instance_seed = reference.instance_seed if reference is not None else run_seed
 
@@ -125,7 +106,7 @@ def check(
     if update:
         typer.echo(f"Wrote {path} ({len(current.cells)} cells, seed {run_seed}).")
     if not comparison.passed:
-        _fail(summary if not update else f"baseline written, but {summary}")
+        fail(summary if not update else f"baseline written, but {summary}")
     typer.echo(summary)
 
 

@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rgbench import check_cli, distributions, estimators, tasks, training_cli
+from rgbench.cli_parsing import fail, parse_ints, parse_names
 from rgbench.harness import DEFAULT_ESTIMATORS, DEFAULT_SIZES, SpeedGrid, VarianceGrid, run_speed, run_variance
 from rgbench.reports.format import bracketed, number, with_interval
 
@@ -55,26 +56,8 @@ TaskName = Enum("TaskName", {name: name for name in tasks.names()}, type=str)
 
 
 # ---------------------------------------------------------------------------- helpers
-def _fail(message: str) -> None:
-    """A user error: one line on stderr, exit code 1, no traceback."""
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _ints(value: str, option: str) -> tuple[int, ...]:
-    try:
-        parsed = tuple(int(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers such as 3,4,5, got {value!r}", param_hint=option)
-    if not parsed:
-        raise typer.BadParameter("needs at least one integer", param_hint=option)
-    return parsed
-
-
 def _names(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    if value is None:
-        return default
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+    return default if value is None else parse_names(value)
 
 
 def _estimator_options(values: list[str]) -> dict[str, dict]:
@@ -137,7 +120,7 @@ def _check_failures(frame, out: Path, what: str) -> None:
     failed = frame[frame["status"] == "failed"]
     if not failed.empty:
         first = failed.iloc[0]
-        _fail(f"{len(failed)} {what} failed (first: {first.get('estimator', first.get('operation'))} at n={first['n']}: "
+        fail(f"{len(failed)} {what} failed (first: {first.get('estimator', first.get('operation'))} at n={first['n']}: "
               f"{first['reason']}); results saved in {out}")
 
 
@@ -216,8 +199,8 @@ def variance(
     random logits, compared with the exact gradient (or a Monte Carlo reference); writes
     variance.csv/json, Markdown and LaTeX tables, figures and report.md to --out.
     """
-    size_values = None if sizes is None else _ints(sizes, "--sizes")
-    sample_values = _ints(samples, "--samples")
+    size_values = None if sizes is None else parse_ints(sizes, "--sizes")
+    sample_values = parse_ints(samples, "--samples")
     options = _estimator_options(option)
     try:
         grid = VarianceGrid(
@@ -228,7 +211,7 @@ def variance(
             reference_samples=reference_samples, estimator_options=options,
         )
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
     out = out if out is not None else DEFAULT_OUT / f"variance-{grid.dists[0]}"
     for note in grid.fallback_notes():
         typer.echo(f"Note: {note}", err=True)
@@ -266,7 +249,7 @@ def speed(
     --repeats calls, synchronising the device around each. Writes speed.csv/json, tables,
     a figure and report.md to --out.
     """
-    size_values = _ints(sizes, "--sizes")
+    size_values = parse_ints(sizes, "--sizes")
     options = _estimator_options(option)
     try:
         grid = SpeedGrid(
@@ -276,7 +259,7 @@ def speed(
             estimator_options=options,
         )
     except ValueError as error:
-        _fail(str(error))
+        fail(str(error))
     out = out if out is not None else DEFAULT_OUT / f"speed-{grid.dists[0]}"
     results = run_speed(grid, progress=not quiet, command=_command_line(ctx))
     results.save(out)
@@ -295,7 +278,7 @@ def report(
     try:
         _report(directory, quiet)
     except (FileNotFoundError, ValueError) as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 def _support_matrix(task_name: str) -> tuple[Table, list[str]]:

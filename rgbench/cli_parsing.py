@@ -1,0 +1,27 @@
+"""Option parsing and user-error reporting shared by the command modules."""
+
+from __future__ import annotations
+
+import typer
+
+
+def fail(message: str) -> None:
+    """A user error: one line on stderr, exit code 1, no traceback."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def parse_ints(value: str, option: str) -> tuple[int, ...]:
+    """'3,4,5' -> (3, 4, 5); ``typer.BadParameter`` naming ``option`` otherwise."""
+    try:
+        parsed = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers such as 3,4,5, got {value!r}", param_hint=option)
+    if not parsed:
+        raise typer.BadParameter("needs at least one integer", param_hint=option)
+    return parsed
+
+
+def parse_names(value: str) -> tuple[str, ...]:
+    """'a, b,' -> ('a', 'b')."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
