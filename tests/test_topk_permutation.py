@@ -88,3 +88,17 @@ def test_registry_lists_valid_names_for_unknown():
     with pytest.raises(ValueError, match="unknown distribution 'tree'.*valid names: .*topk"):
         distributions.get("tree")
     assert distributions.get("topk") is TopK
+
+
+def test_zero_unit_draw_with_underflowing_rate_gives_zero_noise_not_nan():
+    """-log1p(-U) is exactly 0 when U = 0 (probability 2^-24 per float32 draw); with a logit
+    below about -88, exp(-logit) overflows, and unit * exp(-logit) would be NaN."""
+    from rgbench.distributions.base import scale_exponential
+
+    log_rate = torch.tensor([-100.0, 0.0, 100.0])
+    assert scale_exponential(torch.zeros(3), log_rate).tolist() == [0.0, 0.0, 0.0]
+    assert torch.isinf(scale_exponential(torch.ones(1), torch.tensor([-100.0]))).all()
+    for requires_grad in (False, True):  # the in-place and the differentiable paths
+        logits = torch.tensor([-100.0, 0.0, -torch.inf, 3.0]).requires_grad_(requires_grad)
+        noise = TopK(logits, k=2)._scale_unit_noise(torch.zeros(2, 4))
+        assert noise[:, [0, 1, 3]].eq(0).all() and torch.isinf(noise[:, 2]).all()

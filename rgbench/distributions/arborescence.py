@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential
 from rgbench.distributions.catalog import register
 
 
@@ -757,7 +757,7 @@ class Arborescence(StructuredDistribution):
         logits = self._batched(self.logits, draws.lead)
         log_norm = self._log_norms(draws, logits) if n > 1 else logits.new_zeros(batch, 0)
         unit = torch.empty_like(log_norm).exponential_(generator=generator)
-        steps = torch.where(draws.active, unit * torch.exp(-torch.where(draws.active, log_norm, 0.0)), 0.0)
+        steps = torch.where(draws.active, scale_exponential(unit, torch.where(draws.active, log_norm, 0.0)), 0.0)
         column = logits.new_zeros(batch, n).index_copy(1, self._others, steps[:, : n - 1])
         offset = column.unsqueeze(1).expand(batch, n, n)
         width = int(draws.active[:, n - 1 :].sum(1).max()) if n > 1 and batch else 0

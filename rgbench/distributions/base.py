@@ -65,6 +65,13 @@ def unit_exponential(shape, like: torch.Tensor, generator: torch.Generator | Non
     return uniform.neg_().log1p_().neg_()
 
 
+def scale_exponential(unit: torch.Tensor, log_rate: torch.Tensor) -> torch.Tensor:
+    """Exp(1) draws -> Exp(exp(log_rate)) draws: unit / rate, computed as
+    exp(log(unit) - log_rate) so that a zero draw stays 0 even where the rate underflows
+    (unit * exp(-log_rate) would give 0 * inf = NaN). Callers mask positions of rate 0."""
+    return torch.exp(torch.log(unit) - log_rate)
+
+
 def _map_trace(fn, trace: Trace) -> Trace:
     if isinstance(trace, torch.Tensor):
         return fn(trace)
@@ -213,9 +220,9 @@ class StructuredDistribution(Distribution):
         Takes ownership of ``unit`` (it may be overwritten)."""
         if not (self.logits.requires_grad and torch.is_grad_enabled()):
             # In place, same values: nothing to differentiate, so inf * 0 cannot reach a gradient.
-            return unit.mul_(torch.exp(-self.logits)).masked_fill_(~self._usable, torch.inf)
+            return unit.log_().sub_(self.logits).exp_().masked_fill_(~self._usable, torch.inf)
         safe = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
-        return torch.where(self._usable, unit * torch.exp(-safe), torch.full_like(unit, float("inf")))
+        return torch.where(self._usable, scale_exponential(unit, safe), torch.full_like(unit, float("inf")))
 
     def sample_with_trace(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> TraceSample:
         with torch.no_grad():
@@ -292,7 +299,7 @@ class StructuredDistribution(Distribution):
             log_norm = torch.logsumexp(masked, dim=-1)
             unit = unit_exponential(log_norm.shape, logits, generator)
             safe_norm = torch.where(draws.active, log_norm, torch.zeros_like(log_norm))
-            step = torch.where(draws.active, unit * torch.exp(-safe_norm), torch.zeros_like(unit))
+            step = torch.where(draws.active, scale_exponential(unit, safe_norm), torch.zeros_like(unit))
             added = (draws.candidates.to(logits.dtype) * step.unsqueeze(-1)).sum(-2)
             picked = torch.zeros_like(draws.candidates).scatter_(
                 -1, draws.chosen.clamp(min=0).unsqueeze(-1), draws.active.unsqueeze(-1)

@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, unit_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
@@ -201,7 +201,7 @@ class GreedyMatching(StructuredDistribution):
     def sample_noise(self, sample_shape=torch.Size(), generator=None):
         # Finite logits: every entry is usable, so no masking (the same values as the base).
         shape = torch.Size(sample_shape) + self.logits.shape
-        return unit_exponential(shape, self.logits.detach(), generator) * torch.exp(-self.logits)
+        return scale_exponential(unit_exponential(shape, self.logits.detach(), generator), self.logits)
 
     def sample_with_trace(self, sample_shape=torch.Size(), generator=None):
         # The noise was just drawn here, so skip solve's validation and masking passes.

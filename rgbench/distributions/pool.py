@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from rgbench.distributions.base import unit_exponential
+from rgbench.distributions.base import scale_exponential, unit_exponential
 
 
 class PoolTrace(NamedTuple):
@@ -97,17 +97,17 @@ def pool_noise_given_trace(
     """E | T, flat [..., K], reparameterised in ``logits``; +inf at unusable positions."""
     log_norm = log_normalizers(logits, usable, pool)
     unit = unit_exponential(log_norm.shape, logits, generator)
-    steps = unit * torch.exp(-log_norm)
+    steps = scale_exponential(unit, log_norm)
     # offset[t] = sum_{q < t} d_q, t = 0..S
     offset = torch.cat([torch.zeros_like(steps[..., :1]), steps.cumsum(-1)], -1)
     total = offset.gather(-1, pool.exit_time)
     chosen = torch.zeros(total.shape, dtype=torch.bool, device=total.device).scatter(-1, pool.chosen, True)
     fresh_unit = unit_exponential(total.shape, logits, generator)
     if usable is None:
-        fresh = fresh_unit * torch.exp(-logits)
+        fresh = scale_exponential(fresh_unit, logits)
         return torch.where(chosen, total, total + fresh)
     safe = torch.where(usable, logits, torch.zeros_like(logits))
-    fresh = fresh_unit * torch.exp(-safe)
+    fresh = scale_exponential(fresh_unit, safe)
     noise = torch.where(chosen, total, total + fresh)
     return torch.where(usable, noise, torch.full_like(noise, torch.inf))
 

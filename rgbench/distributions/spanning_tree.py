@@ -36,7 +36,7 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, unit_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
@@ -496,9 +496,9 @@ class SpanningTree(StructuredDistribution):
         usable = self._edge_usable
         unit = unit_exponential(torch.Size(sample_shape) + usable.shape, edge_logits.detach(), generator)
         if self._complete:
-            return unit * torch.exp(-edge_logits)
+            return scale_exponential(unit, edge_logits)
         safe = torch.where(usable, edge_logits, torch.zeros_like(edge_logits))
-        return torch.where(usable, unit * torch.exp(-safe), torch.inf)
+        return torch.where(usable, scale_exponential(unit, safe), torch.inf)
 
     @cached_property
     def _upper_cells(self) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, unit_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import reverse_logcumsumexp
 
@@ -158,7 +158,7 @@ class TopK(StructuredDistribution):
         """E | T in O(n): the r-th pick's utility is d_0 + ... + d_r with d_q ~ Exp(Z_q); the
         unpicked items get d_0 + ... + d_{k-1} plus a fresh Exp(lambda_i)."""
         trace, _, log_norm = self._prefix(trace)
-        picked_noise = torch.cumsum(unit_exponential(log_norm.shape, self.logits, generator) * torch.exp(-log_norm), -1)
+        picked_noise = torch.cumsum(scale_exponential(unit_exponential(log_norm.shape, self.logits, generator), log_norm), -1)
         shape = trace.shape[:-1] + (self.n,)
         fresh = self._scale_unit_noise(unit_exponential(shape, self.logits, generator))
         return (picked_noise[..., -1:] + fresh).scatter(-1, trace, picked_noise)
