@@ -159,17 +159,6 @@ def test_trace_log_prob_matches_python_formula():
     assert torch.equal(dist.log_prob(trace), fast)
 
 
-def test_generic_trace_log_prob_equals_override():
-    dist = random_dist(9, batch_shape=(2,), seed=2, requires_grad=True)
-    trace = dist.sample_with_trace((5,), generator=torch.Generator().manual_seed(1)).trace
-    fast = dist.trace_log_prob(trace)
-    generic = StructuredDistribution.trace_log_prob(dist, trace)
-    assert torch.allclose(fast, generic, atol=1e-12)
-    (grad_fast,) = torch.autograd.grad(fast.sum(), dist.logits)
-    (grad_generic,) = torch.autograd.grad(generic.sum(), dist.logits)
-    assert torch.allclose(grad_fast, grad_generic, atol=1e-12)
-
-
 @pytest.mark.parametrize("n", [6, 7])
 def test_enumeration_has_catalan_many_trees(n):
     dist = random_dist(n, seed=n)

@@ -126,17 +126,6 @@ def test_exit_times_on_a_hand_example():
     assert torch.allclose(dist.trace_log_prob(trace), expected)
 
 
-def test_generic_trace_log_prob_equals_override():
-    dist = random_dist(7, batch_shape=(2,), seed=2, requires_grad=True)
-    trace = dist.sample_with_trace((5,), generator=torch.Generator().manual_seed(1)).trace
-    fast = dist.trace_log_prob(trace)
-    generic = StructuredDistribution.trace_log_prob(dist, trace)
-    assert torch.allclose(fast, generic, atol=1e-12)
-    (grad_fast,) = torch.autograd.grad(fast.sum(), dist.logits)
-    (grad_generic,) = torch.autograd.grad(generic.sum(), dist.logits)
-    assert torch.allclose(grad_fast, grad_generic, atol=1e-12)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_noise_given_trace_replays_the_trace(dtype):
     dist = random_dist(30, batch_shape=(4,), seed=3, dtype=dtype)
