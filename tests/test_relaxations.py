@@ -326,6 +326,58 @@ def test_float32_agrees_with_float64():
         assert torch.allclose(function(scores.float()).double(), function(scores), atol=1e-4)
 
 
+@pytest.mark.parametrize("gap", [20.0, 30.0, 60.0])
+def test_float32_sharp_scores_still_match_enumeration(gap):
+    # A group of nodes bound by edges `gap` above those entering it: in float32 1 - softmax
+    # rounds to 0 and the minor is exactly singular (the ListOps SST crash); with the LU in
+    # float64 the error grows like 1e-16 exp(gap), so such elements take the exact route.
+    arcs = torch.zeros(4, 4, dtype=torch.float64)
+    arcs[1, 2] = arcs[2, 3] = arcs[3, 1] = gap  # a directed 3-cycle away from the root
+    got = arborescence_marginals(arcs.float(), root=0)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), brute_arborescence(arcs, 0), atol=1e-6)
+    edges = torch.zeros(4, 4, dtype=torch.float64)
+    edges[1, 2] = edges[2, 3] = edges[1, 3] = gap  # a triangle hanging off node 0
+    got = spanning_tree_marginals(edges.float())
+    assert torch.allclose(got.double(), brute_spanning_tree(edges), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sharp_random_scores_match_enumeration(seed):
+    # Scale 30: gaps far past what an LU in float64 resolves (it was off by 0.8 here).
+    scores = random_scores((6, 6), seed=40 + seed, scale=30.0)
+    for root in (0, 3):
+        assert torch.allclose(arborescence_marginals(scores, root), brute_arborescence(scores, root), atol=1e-7)
+    assert torch.allclose(spanning_tree_marginals(scores), brute_spanning_tree(scores), atol=1e-7)
+
+
+def test_exact_fallback_has_correct_gradients_and_works_without_grad():
+    # A group {2, 3, 4} bound 40 nats tighter sends every element to the elimination route:
+    # its double-backward graph must give the derivative of the marginals, and no_grad must
+    # still return them.
+    group = torch.tensor([0, 0, 1, 1, 1], dtype=torch.float64)
+    bound = 40.0 * (group.unsqueeze(-1) * group.unsqueeze(-2) - torch.diag(group))
+    scores = random_scores((2, 5, 5), seed=45) + bound
+    assert gradcheck(lambda s: arborescence_marginals(s, root=1), (scores.clone().requires_grad_(),))
+    assert gradcheck(spanning_tree_marginals, (scores.clone().requires_grad_(),))
+    with torch.no_grad():
+        assert torch.allclose(arborescence_marginals(scores, 1)[0], brute_arborescence(scores[0], 1), atol=1e-7)
+
+
+def test_planted_clusters_at_n50_keep_their_sums():
+    # Eight groups of nodes whose internal edges outscore the rest by 40 to 80 nats: without
+    # the exact fallback the float64 marginals were off by orders of magnitude (1e22 measured).
+    generator = torch.Generator().manual_seed(44)
+    scores = torch.randn(8, 50, 50, generator=generator, dtype=torch.float64)
+    group = torch.randint(0, 8, (8, 50), generator=generator)
+    gap = torch.linspace(40.0, 80.0, 8, dtype=torch.float64).view(8, 1, 1)
+    scores = scores + gap * (group.unsqueeze(-1) == group.unsqueeze(-2))
+    arcs = arborescence_marginals(scores, root=0)
+    assert torch.allclose(arcs[..., 1:].sum(-2), torch.ones(8, 49, dtype=torch.float64), atol=1e-7)
+    edges = spanning_tree_marginals(scores)
+    assert torch.allclose(edges.sum((-2, -1)), torch.full((8,), 98.0, dtype=torch.float64), atol=1e-6)
+
+
 def test_no_grad_context_and_plain_inputs_work():
     scores = random_scores((5, 5), seed=18)
     with torch.no_grad():

@@ -4,14 +4,14 @@ Scales (one option selects everything; DESIGN §8 has the paper's configuration)
 
 * ``smoke``: seconds, for CI: a few steps on tiny data; numbers mean nothing.
 * ``quick``: a CPU budget of about 15-30 minutes per ListOps run on 2 cores for t-loo,
-  e-loo and sst (20,000 / 1,000 / 2,000 examples, 2,500 steps of 100 structures,
-  evaluation every 250). Measured on the development machine while it was shared (load
-  about 7 on 2 cores): 1.4 s per step for t-loo and 2.5 s for sst, so probably about a third
-  of that on a quiet machine (not yet measured). RELAX is several times slower per step (it pads
-  every batch to 50 tokens for its critic and trains the critic with a double backward
-  pass through CLE): budget it separately or pass ``--steps``. The toy problems run at the
-  authors' full size (15,000 steps): from about a minute (t-loo on matching) to tens of
-  minutes (RELAX on the binary tree) per (structure, estimator) on a CPU.
+  e-loo and sst (20,000 / 1,000 / 2,000 examples, 10,000 steps of 100 structures,
+  evaluation every 500). Measured with one thread per run, two runs side by side on the
+  2-core development machine: about 0.08 s per step for t-loo (13 min per run). RELAX is
+  several times slower per step (it pads every batch to 50 tokens for its critic and
+  trains the critic with a double backward pass through CLE): budget it separately or pass
+  ``--steps``. The toy problems run at the authors' full size (15,000 steps): from about a
+  minute (t-loo on matching) to tens of minutes (RELAX on the binary tree) per
+  (structure, estimator) on a CPU.
 * ``paper``: the paper's sizes (100,000 / 10,000 / 10,000 examples, 200,000 steps,
   evaluation every 1,000), meant for a GPU.
 
@@ -337,7 +337,7 @@ LISTOPS_SCALES = {
     ),
     Scale.quick: ListOpsScale(
         data=ListOpsSettings(num_train=20_000, num_valid=1_000, num_test=2_000),
-        steps=2_500, eval_every=250, lr=1e-3,
+        steps=10_000, eval_every=500, lr=1e-3,
     ),
     Scale.paper: ListOpsScale(data=ListOpsSettings(), steps=200_000, eval_every=1_000),
 }  # fmt: skip
