@@ -421,7 +421,7 @@ class Arborescence(StructuredDistribution):
             # value, so candidates always beat non-candidates, before unusable edges get +inf.
             big = torch.finfo(noise.dtype).max
             noise = noise.detach().clamp(-big, big)
-        return self._solve(self._check_noise(noise))
+        return super().solve(noise)
 
     def _solve(self, noise: torch.Tensor):
         """:meth:`solve` on checked noise: finite on usable edges, +inf on the others."""

@@ -242,8 +242,8 @@ class BinaryTree(StructuredDistribution):
         return torch.Size([self.n])
 
     # ------------------------------------------------------------------ kernels
-    def solve(self, noise):
-        parent = cartesian_parent(self._check_noise(noise).detach())
+    def _solve(self, noise):
+        parent = cartesian_parent(noise)
         return parent, parent
 
     def indicator(self, x):

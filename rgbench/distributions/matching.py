@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
@@ -190,9 +190,6 @@ class GreedyMatching(StructuredDistribution):
         return torch.Size([self.n])
 
     # ------------------------------------------------------------------ kernels
-    def solve(self, noise):
-        return self._solve(self._check_noise(noise).detach())
-
     def _solve(self, noise):
         rows, cols = greedy_match(noise)
         x = torch.empty_like(rows).scatter_(-1, rows, cols)
@@ -202,13 +199,6 @@ class GreedyMatching(StructuredDistribution):
         # Finite logits: every entry is usable, so no masking (the same values as the base).
         shape = torch.Size(sample_shape) + self.logits.shape
         return scale_exponential(unit_exponential(shape, self.logits.detach(), generator), self.logits)
-
-    def sample_with_trace(self, sample_shape=torch.Size(), generator=None):
-        # The noise was just drawn here, so skip solve's validation and masking passes.
-        with torch.no_grad():
-            noise = self.sample_noise(sample_shape, generator)
-            x, trace = self._solve(noise)
-        return TraceSample(x, trace, noise)
 
     def indicator(self, x):
         return torch.nn.functional.one_hot(x, self.n).to(self.logits.dtype)

@@ -44,8 +44,7 @@ class Permutation(TopK):
         if not torch.isfinite(self.logits).all():
             raise ValueError("Permutation: logits must be finite (every item is placed), found -inf")
 
-    def solve(self, noise):
-        noise = self._check_noise(noise)
+    def _solve(self, noise):
         trace = noise.argsort(-1)
         return trace, trace
 

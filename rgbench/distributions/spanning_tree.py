@@ -355,10 +355,9 @@ class SpanningTree(StructuredDistribution):
         ids = _edge_ids(n, self.logits.device)
         return torch.where(edges, ids, ids + n * n)
 
-    def solve(self, noise):
+    def _solve(self, noise):
         """Kruskal on ``noise`` [..., n, n] (only the strict upper triangle is read): dense
         Prim, then the tree's edges sorted by (E, flat index). O(n^2) per sample."""
-        noise = self._check_noise(noise).detach()
         return self._solve_edges(self._edge_values(noise))
 
     def sample_with_trace(self, sample_shape=torch.Size(), generator=None):

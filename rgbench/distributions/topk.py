@@ -114,8 +114,7 @@ class TopK(StructuredDistribution):
     def _x_event_shape(self):
         return torch.Size([self.k])
 
-    def solve(self, noise):
-        noise = self._check_noise(noise)
+    def _solve(self, noise):
         trace = torch.topk(noise, self.k, dim=-1, largest=False, sorted=True).indices
         return trace.sort(-1).values, trace
 
