@@ -169,7 +169,9 @@ class StructuredDistribution(Distribution):
     @cached_property
     def _usable(self) -> torch.Tensor:
         """Bool mask, shape of logits: finite logits at structurally usable positions."""
-        return self._structural_mask() & torch.isfinite(self.logits)
+        # _check_logits has excluded NaN and +inf, so finite is "not -inf": one comparison
+        # (torch.isfinite takes four passes).
+        return self._structural_mask() & (self.logits > -torch.inf)
 
     @cached_property
     def _flat_logits(self) -> torch.Tensor:

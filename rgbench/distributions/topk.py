@@ -104,7 +104,7 @@ class TopK(StructuredDistribution):
             raise ValueError(f"{name}: k must be an int, got {self.k!r}")
         if not 1 <= self.k <= self.n:
             raise ValueError(f"{name}: k={self.k} must be between 1 and the {self.n} items")
-        finite = torch.isfinite(self.logits).sum(-1)
+        finite = self._usable.sum(-1)
         if (finite < self.k).any():
             raise ValueError(
                 f"{name}: k={self.k} exceeds the number of items with finite logits "
