@@ -102,3 +102,20 @@ def test_zero_unit_draw_with_underflowing_rate_gives_zero_noise_not_nan():
         logits = torch.tensor([-100.0, 0.0, -torch.inf, 3.0]).requires_grad_(requires_grad)
         noise = TopK(logits, k=2)._scale_unit_noise(torch.zeros(2, 4))
         assert noise[:, [0, 1, 3]].eq(0).all() and torch.isinf(noise[:, 2]).all()
+
+
+def test_topk_gradient_is_finite_when_a_row_has_exactly_k_usable_items():
+    # Nothing is left over after the k picks in row 0: its log-sum-exp of the rest is over
+    # an empty set, whose derivative must come out 0, not NaN.
+    logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(5))
+    logits[0, :3] = -torch.inf
+    logits.requires_grad_()
+    dist = TopK(logits, k=3)
+    trace = dist.sample_with_trace((2,), generator=torch.Generator().manual_seed(6)).trace
+    dist.trace_log_prob(trace).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert torch.equal(logits.grad[0, :3], torch.zeros(3))
+    # Row 0 is a plain Plackett-Luce order of its 3 items.
+    picked = logits[0].detach()[trace[:, 0]]
+    expected = (picked - picked.flip(-1).logcumsumexp(-1).flip(-1)).sum(-1)
+    assert torch.allclose(dist.trace_log_prob(trace)[:, 0].detach(), expected)

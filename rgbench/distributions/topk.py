@@ -105,11 +105,14 @@ class TopK(StructuredDistribution):
         if not 1 <= self.k <= self.n:
             raise ValueError(f"{name}: k={self.k} must be between 1 and the {self.n} items")
         finite = self._usable.sum(-1)
-        if (finite < self.k).any():
+        too_few, exactly_k = torch.stack([(finite < self.k).any(), (finite == self.k).any()]).tolist()
+        if too_few:
             raise ValueError(
                 f"{name}: k={self.k} exceeds the number of items with finite logits "
                 f"({int(finite.min())} in some batch element)"
             )
+        # Rows with exactly k usable items have nothing left over after the k picks.
+        self._nothing_left = (finite == self.k).unsqueeze(-1) if exactly_k else None
 
     def _x_event_shape(self):
         return torch.Size([self.k])
@@ -136,16 +139,23 @@ class TopK(StructuredDistribution):
         still unpicked at step r [..., k]; checks that the picks are distinct and usable."""
         trace = self._check_trace(trace)
         logits = self.logits.expand(trace.shape[:-1] + (self.n,))
-        usable = self._usable.expand(logits.shape)
-        rest = usable.scatter(-1, trace, False)
-        distinct = rest.sum(-1) == usable.sum(-1) - self.k
-        if not bool((usable.gather(-1, trace).all(-1) & distinct).all()):
-            raise ValueError(f"{type(self).__name__}: trace does not belong to this distribution (repeated or unusable items)")
         picked = logits.gather(-1, trace)
+        # Checked on the k picks, not the n items: usable (unusable items are exactly the
+        # -inf logits) and distinct (no two equal neighbours once sorted).
+        ordered = trace.sort(-1).values
+        distinct = (ordered[..., 1:] != ordered[..., :-1]).all()
+        if not bool((picked > -torch.inf).all() & distinct):
+            raise ValueError(f"{type(self).__name__}: trace does not belong to this distribution (repeated or unusable items)")
         # Z_r = (rate of items never picked) + (rates of picks r, r+1, ...): a reversed cumulative lse.
         log_norm = reverse_logcumsumexp(picked)
         if self.k < self.n:  # with k = n nothing is left over (and an empty lse has NaN second derivatives)
-            log_rest = torch.logsumexp(torch.where(rest, logits, torch.full_like(logits, -torch.inf)), -1, keepdim=True)
+            # The picks set to -inf leave exactly the unpicked usable items (unusable ones are -inf).
+            rest = logits.scatter(-1, trace, -torch.inf)
+            if self._nothing_left is None:
+                log_rest = torch.logsumexp(rest, -1, keepdim=True)
+            else:  # an all -inf row would give NaN gradients: sum zeros there, then read -inf
+                log_rest = torch.logsumexp(rest.masked_fill(self._nothing_left, 0.0), -1, keepdim=True)
+                log_rest = log_rest.masked_fill(self._nothing_left, -torch.inf)
             log_norm = torch.logaddexp(log_rest, log_norm)
         return trace, picked, log_norm
 
