@@ -353,10 +353,8 @@ class Arborescence(StructuredDistribution):
             raise ValueError(f"{name}: root must be an int, got {self.root!r}")
         if not 0 <= self.root < self.n:
             raise ValueError(f"{name}: root={self.root} must be a node in 0..{self.n - 1}")
-        # NaN and +inf logits were rejected already, so finite means > -inf (one cheap pass;
-        # torch.isfinite takes four).
-        if self.logits.numel() == 0 or bool(self.logits.detach().amin() > -torch.inf):
-            return  # the root reaches every node directly
+        if self._all_finite:  # the root reaches every node directly
+            return
         # Breadth-first search from the root over usable edges, all instances at once.
         usable = self._usable
         reached = torch.zeros(usable.shape[:-1], dtype=torch.bool, device=usable.device)

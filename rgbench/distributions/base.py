@@ -115,7 +115,13 @@ class StructuredDistribution(Distribution):
             raise ValueError(f"{name}: logits must have shape {shape}, got {tuple(logits.shape)}")
         if logits.shape[-1] < 1:
             raise ValueError(f"{name}: logits must have n >= 1 items, got shape {tuple(logits.shape)}")
-        if not bool((logits < torch.inf).all()):  # one pass: NaN and +inf both fail `< inf`
+        # One pass for both facts: NaN and +inf show in the maximum (NaN propagates), -inf in
+        # the minimum; _all_finite lets the usable mask and the finiteness checks skip theirs.
+        no_nan_or_inf, self._all_finite = True, True
+        if logits.numel():
+            low, high = torch.aminmax(logits.detach())
+            no_nan_or_inf, self._all_finite = torch.stack([high < torch.inf, low > -torch.inf]).tolist()
+        if not no_nan_or_inf:
             where = tuple((~(logits < torch.inf)).nonzero()[0].tolist())
             raise ValueError(
                 f"{name}: logits must not contain NaN or +inf (found {logits[where].item()} at index {where})"
@@ -169,9 +175,12 @@ class StructuredDistribution(Distribution):
     @cached_property
     def _usable(self) -> torch.Tensor:
         """Bool mask, shape of logits: finite logits at structurally usable positions."""
+        mask = self._structural_mask()
+        if self._all_finite:
+            return mask.expand(self.logits.shape)
         # _check_logits has excluded NaN and +inf, so finite is "not -inf": one comparison
         # (torch.isfinite takes four passes).
-        return self._structural_mask() & (self.logits > -torch.inf)
+        return mask & (self.logits > -torch.inf)
 
     @cached_property
     def _flat_logits(self) -> torch.Tensor:

@@ -235,7 +235,7 @@ class BinaryTree(StructuredDistribution):
     max_enumeration_size = 7
 
     def _check_structure(self):
-        if not bool((self.logits > -torch.inf).all()):  # NaN and +inf: _check_logits
+        if not self._all_finite:  # NaN and +inf were rejected by _check_logits
             raise ValueError("BinaryTree: logits must be finite (every node is placed), found -inf")
 
     def _x_event_shape(self):

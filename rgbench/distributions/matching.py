@@ -180,7 +180,7 @@ class GreedyMatching(StructuredDistribution):
     max_enumeration_size = 5
 
     def _check_structure(self):
-        if not bool((self.logits > -torch.inf).all()):  # NaN and +inf: _check_logits
+        if not self._all_finite:  # NaN and +inf were rejected by _check_logits
             raise ValueError(
                 "GreedyMatching: logits must be finite (a -inf entry can leave a row with no usable column), "
                 "found -inf"

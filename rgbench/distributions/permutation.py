@@ -41,7 +41,7 @@ class Permutation(TopK):
         return {}
 
     def _check_structure(self):
-        if not bool((self.logits > -torch.inf).all()):  # NaN and +inf: _check_logits
+        if not self._all_finite:  # NaN and +inf were rejected by _check_logits
             raise ValueError("Permutation: logits must be finite (every item is placed), found -inf")
 
     def _solve(self, noise):

@@ -439,13 +439,16 @@ class SpanningTree(StructuredDistribution):
     def _edge_usable(self) -> torch.Tensor:
         """[..., E] bool: the edge slots with a finite logit (``_usable`` on the slots, computed
         on the slots alone; the logits hold no NaN or +inf, so finite means not -inf)."""
+        if self._all_finite:
+            shape = self.logits.shape[:-2] + self._slots.shape
+            return torch.ones((), dtype=torch.bool, device=self.logits.device).expand(shape)
         return self._edge_values(self.logits.detach()) != -torch.inf
 
     @cached_property
     def _complete(self) -> bool:
         """Whether every edge slot of every batch element is usable (read once, at
         construction): the pool functions then skip their masking passes."""
-        return bool(self._edge_usable.all())
+        return self._all_finite or bool(self._edge_usable.all())
 
     @property
     def _pool_usable(self) -> torch.Tensor | None:

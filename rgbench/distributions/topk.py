@@ -104,6 +104,9 @@ class TopK(StructuredDistribution):
             raise ValueError(f"{name}: k must be an int, got {self.k!r}")
         if not 1 <= self.k <= self.n:
             raise ValueError(f"{name}: k={self.k} must be between 1 and the {self.n} items")
+        self._nothing_left = None
+        if self._all_finite:  # n >= k usable items everywhere, and none left over only if k = n
+            return
         finite = self._usable.sum(-1)
         too_few, exactly_k = torch.stack([(finite < self.k).any(), (finite == self.k).any()]).tolist()
         if too_few:
