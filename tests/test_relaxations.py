@@ -364,6 +364,30 @@ def test_exact_fallback_has_correct_gradients_and_works_without_grad():
         assert torch.allclose(arborescence_marginals(scores, 1)[0], brute_arborescence(scores[0], 1), atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["arborescence", "spanning_tree"])
+def test_singular_element_leaks_no_nan_into_the_gradient(name):
+    # Element 1 is bound 60 nats tighter inside {1, 2, 3}: a directed 3-cycle makes the
+    # arborescence minor exactly singular in float64 (LU info 4, inverse inf), the triangle
+    # makes the spanning tree's LU marginals wrong. Either way element 1 takes the exact
+    # route; its LU backward (inf * 0) must not reach the gradient, and both elements'
+    # gradients must equal those computed one element at a time.
+    function = {"arborescence": arborescence_marginals, "spanning_tree": spanning_tree_marginals}[name]
+    bound = torch.zeros(4, 4, dtype=torch.float64)
+    bound[1, 2] = bound[2, 3] = 60.0
+    if name == "arborescence":
+        bound[3, 1] = 60.0  # closes the directed cycle 1 -> 2 -> 3 -> 1
+    else:
+        bound[1, 3] = 60.0  # the triangle's third edge, in the upper triangle that is read
+    scores = torch.stack([random_scores((4, 4), seed=46), bound]).requires_grad_()
+    weights = random_scores((2, 4, 4), seed=47)
+    (function(scores) * weights).sum().backward()
+    assert torch.isfinite(scores.grad).all()
+    for i in range(2):
+        one = scores[i].detach().clone().requires_grad_()
+        (function(one) * weights[i]).sum().backward()
+        assert torch.allclose(scores.grad[i], one.grad, atol=1e-12)
+
+
 def test_planted_clusters_at_n50_keep_their_sums():
     # Eight groups of nodes whose internal edges outscore the rest by 40 to 80 nats: without
     # the exact fallback the float64 marginals were off by orders of magnitude (1e22 measured).

@@ -372,6 +372,11 @@ def _directed_marginals(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
     marginals, info = _lu_marginals(masked, root)
     bad = ~torch.isfinite(marginals).flatten(-2).all(-1) | (info != 0) | ~(_column_error(marginals, root) <= _COLUMN_SUM_TOL)
     if bool(bad.any()):  # the one synchronisation on the happy path
+        if masked.requires_grad:
+            # The LU backward of a (near-)singular element is inf or NaN even under a zero
+            # upstream gradient (0 * inf): recompute with those elements cut from the graph.
+            cut = torch.where(bad[..., None, None], masked.detach(), masked)
+            marginals, _ = _lu_marginals(cut, root)
         flat, flat_bad = marginals.reshape(-1, *marginals.shape[-2:]), bad.reshape(-1)
         redo = _eliminated_marginals(masked.reshape(flat.shape)[flat_bad], root)
         flat = flat.index_put((flat_bad.nonzero().squeeze(-1),), redo)
