@@ -208,9 +208,19 @@ def test_non_finite_loss_fails_loudly(tmp_path):
     with torch.no_grad():
         problem.w.fill_(float("nan"))
     trainer = Trainer(problem, KeepingReinforce(num_samples=2), config(eval_every=1), tmp_path, progress=False)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at 1 of steps 1\.\.1"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 1"):
         trainer.run()
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+
+
+def test_non_finite_gradient_fails_before_the_parameters_are_poisoned(tmp_path):
+    problem = TopKProblem()
+    problem.w.register_hook(lambda grad: grad * float("nan"))  # finite loss, NaN gradient
+    before = problem.w.detach().clone()
+    trainer = Trainer(problem, KeepingReinforce(num_samples=2), config(eval_every=5), tmp_path, progress=False)
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient \(1 parameter tensors\) at step 1"):
+        trainer.run()
+    assert torch.equal(problem.w.detach(), before)
 
 
 def test_real_loo_estimator_keeps_the_objective_graph():

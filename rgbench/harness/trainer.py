@@ -227,6 +227,17 @@ class Trainer:
         values = torch.cat([v.detach().reshape(-1) for v in probed.values]) if probed.values else None
         return loss, values
 
+    @staticmethod
+    def _check_finite(step: int, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+        """Raise before the optimiser step if the loss or a gradient is NaN or infinite: one
+        synchronisation per step, so that the error names the step that went wrong rather
+        than a later one failing on poisoned parameters."""
+        flags = [torch.isfinite(loss.detach())] + [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        finite = torch.stack(flags).tolist()
+        if not all(finite):
+            what = "loss" if not finite[0] else f"gradient ({finite.count(False)} parameter tensors)"
+            raise FloatingPointError(f"Trainer: non-finite {what} at step {step}")
+
     def _has_critic(self) -> bool:
         return hasattr(self.estimator, "critic_loss") and hasattr(self.estimator, "critic")
 
@@ -315,8 +326,6 @@ class Trainer:
         # Running sums stay on the device: one synchronisation per evaluation, not per step.
         train_losses: list[torch.Tensor] = []
         critic_losses: list[torch.Tensor] = []
-        bad_steps = torch.zeros((), dtype=torch.long, device=self.device)
-        last_checked = 0
         start = time.perf_counter()
         if config.eval_at_start:
             self._evaluate(0, start, {"train_objective": float("nan")})
@@ -324,9 +333,9 @@ class Trainer:
         for step in bar:
             self.problem.train(True)
             loss, values = self._step_loss(generator)
-            bad_steps = bad_steps + (~torch.isfinite(loss.detach())).long()
             optimizer.zero_grad()
             loss.backward(inputs=params)
+            self._check_finite(step, loss, params)
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
@@ -336,11 +345,6 @@ class Trainer:
                 critic_losses.append(self._critic_step(generator))
 
             if step % config.eval_every == 0 or step == config.steps:
-                if int(bad_steps):
-                    raise FloatingPointError(
-                        f"Trainer: non-finite loss at {int(bad_steps)} of steps {last_checked + 1}..{step}"
-                    )
-                last_checked = step
                 extra = {"train_objective": float(torch.stack(train_losses).mean()) if train_losses else float("nan")}
                 if critic:
                     extra["critic_loss"] = float(torch.stack(critic_losses).mean())
