@@ -12,6 +12,7 @@ one-line reason; a failed run leaves ``status.json`` = failed in its folder.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -104,6 +105,9 @@ def train_listops(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     cache: Annotated[Optional[Path], typer.Option(help="Dataset cache folder (default $RGBENCH_CACHE or ~/.cache/rgbench).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    lr: Annotated[
+        Optional[float], typer.Option(help="Override the learning rate (default: the scale's, else the estimator's).")
+    ] = None,
 ) -> None:
     """Unsupervised ListOps parsing (paper §5.3) with one estimator and seed.
 
@@ -112,11 +116,13 @@ def train_listops(
     """
     (name,) = _names(estimator, estimators.ESTIMATORS, "--estimator")
     _positive(steps, "--steps")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise typer.BadParameter(f"--lr must be a positive number, got {lr}", param_hint="--lr")
     device = _device(device)
     if "cle" not in distributions.DISTRIBUTIONS:
         _fail(RuntimeError("the arborescence distribution ('cle') is not available"))
     try:
-        summary = experiments.run_listops(name, scale, seed, out, device, cache, steps, progress=not quiet)
+        summary = experiments.run_listops(name, scale, seed, out, device, cache, steps, progress=not quiet, lr=lr)
     except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
         _fail(error)
     metrics = ", ".join(f"{key[5:]} {100 * summary[key]:.2f}%" for key in summary if key.startswith("test_"))

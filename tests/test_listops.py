@@ -227,6 +227,20 @@ def test_train_listops_smoke_runs_end_to_end(estimator, tmp_path):
     assert pd.read_csv(out / "metrics.csv")["step"].tolist() == [2, 4]
 
 
+def test_train_listops_lr_option_reaches_the_optimiser_and_rejects_bad_values(tmp_path):
+    if "cle" not in distributions.DISTRIBUTIONS:
+        pytest.skip("cle is not registered yet")
+    out = tmp_path / "run"
+    base = ["train", "listops", "--estimator", "t-loo", "--scale", "smoke", "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(cli(), base + ["--lr", "3e-4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(json.loads((out / "summary.json").read_text())["config"])["lr"] == 3e-4
+    for bad in ("0", "-1", "nan"):
+        result = CliRunner().invoke(cli(), base + ["--lr", bad])
+        assert result.exit_code == 2 and "--lr must be a positive number" in result.output
+
+
 def test_table_command_writes_markdown_and_latex_and_reuses_runs(tmp_path):
     if "cle" not in distributions.DISTRIBUTIONS or "sst" not in estimators.ESTIMATORS:
         pytest.skip("cle or sst is not registered yet")

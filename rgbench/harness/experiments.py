@@ -474,14 +474,18 @@ def run_listops(
     cache_dir: str | Path | None = None,
     steps: int | None = None,
     progress: bool = True,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """Train one ListOps model with ``estimator_name``; returns the trainer's summary row
-    (test metrics of the best-validation checkpoint, wall-clock, ...)."""
+    (test metrics of the best-validation checkpoint, wall-clock, ...). ``lr`` overrides the
+    learning rate that :func:`listops_hyper` picks."""
     name = estimators.ESTIMATORS.canonical(estimator_name)
     config = LISTOPS_SCALES[Scale(scale)]
     if steps is not None:
         config = replace(config, steps=steps, eval_every=min(config.eval_every, steps))
     hyper = listops_hyper(name, config)
+    if lr is not None:
+        hyper["lr"] = lr
     data = load_or_generate(config.data, cache_dir)
     torch.manual_seed(seed)  # model initialisation
     model = ListOpsModel(config.hidden, config.message_steps, config.dropout)
