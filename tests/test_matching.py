@@ -84,6 +84,21 @@ def test_solve_matches_python_loop(n, dtype, packed, monkeypatch):
             assert x[b].tolist() == expected_x, kind
 
 
+@pytest.mark.parametrize("n", [2, 8, 30])
+def test_nonnegative_keys_match_the_general_ones(n):
+    # The sampling path packs keys without sign handling: on finite noise >= 0 (ties and
+    # zeros included) it must pick exactly what the general path and the Python loop pick.
+    generator = torch.Generator().manual_seed(10 + n)
+    kinds = noise_kinds(n, torch.float32, generator)
+    zeros = torch.where(torch.rand(4, n, n, generator=generator) < 0.3, 0.0, kinds["smooth"])
+    for noise in (kinds["smooth"], kinds["tied"], zeros):
+        fast = matching.greedy_match(noise, nonnegative=True)
+        assert all(torch.equal(a, b) for a, b in zip(fast, matching.greedy_match(noise)))
+        for b in range(noise.shape[0]):
+            picks = list(zip(fast[0][b].tolist(), fast[1][b].tolist()))
+            assert picks == python_greedy(noise[b].tolist())
+
+
 def test_solve_needs_n_rounds_on_rank_one_utilities():
     """E = a_r + b_c: only one entry is a row and column minimum per round (worst case)."""
     generator = torch.Generator().manual_seed(0)

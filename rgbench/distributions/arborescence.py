@@ -383,15 +383,6 @@ class Arborescence(StructuredDistribution):
             x, trace = self._solve(noise) if self._finite_noise else self.solve(noise)
         return TraceSample(x, trace, noise)
 
-    @cached_property
-    def _finite_noise(self) -> bool:
-        """Whether sampled noise is surely finite on usable edges: every logit l (unusable ones
-        too, so -inf edges take the checked path) has exp(-l) times the largest Exp(1) draw of
-        ``unit_exponential``, -log(eps / 2), below the dtype's maximum, with 2 nats to spare."""
-        info = torch.finfo(self.logits.dtype)
-        limit = math.log(info.max) - math.log(-math.log(info.eps / 2)) - 2.0
-        return self.logits.numel() == 0 or bool(self.logits.detach().amin() > -limit)
-
     def solve(self, noise):
         """CLE on ``noise`` [..., n, n]: (parents [..., n], trace).
 

@@ -15,6 +15,7 @@ conditional noise E | T for every structure; enumeration comes from the structur
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from functools import cached_property
 from typing import Any, Iterator, NamedTuple
@@ -117,11 +118,10 @@ class StructuredDistribution(Distribution):
             raise ValueError(f"{name}: logits must have n >= 1 items, got shape {tuple(logits.shape)}")
         # One pass for both facts: NaN and +inf show in the maximum (NaN propagates), -inf in
         # the minimum; _all_finite lets the usable mask and the finiteness checks skip theirs.
-        no_nan_or_inf, self._all_finite = True, True
-        if logits.numel():
-            low, high = torch.aminmax(logits.detach())
-            no_nan_or_inf, self._all_finite = torch.stack([high < torch.inf, low > -torch.inf]).tolist()
-        if not no_nan_or_inf:
+        low, high = torch.aminmax(logits.detach()) if logits.numel() else (logits.new_zeros(()),) * 2
+        self._logits_min, top = torch.stack([low, high]).tolist()
+        self._all_finite = self._logits_min > -torch.inf
+        if not top < torch.inf:  # NaN fails too
             where = tuple((~(logits < torch.inf)).nonzero()[0].tolist())
             raise ValueError(
                 f"{name}: logits must not contain NaN or +inf (found {logits[where].item()} at index {where})"
@@ -181,6 +181,15 @@ class StructuredDistribution(Distribution):
         # _check_logits has excluded NaN and +inf, so finite is "not -inf": one comparison
         # (torch.isfinite takes four passes).
         return mask & (self.logits > -torch.inf)
+
+    @cached_property
+    def _finite_noise(self) -> bool:
+        """Whether sampled noise is surely finite: every logit l has exp(-l) times the largest
+        Exp(1) draw of ``unit_exponential``, -log(eps / 2), below the dtype's maximum, with 2
+        nats to spare (a -inf logit fails, whatever the structure does with it)."""
+        info = torch.finfo(self.logits.dtype)
+        limit = math.log(info.max) - math.log(-math.log(info.eps / 2)) - 2.0
+        return self._logits_min > -limit
 
     @cached_property
     def _flat_logits(self) -> torch.Tensor:

@@ -11,35 +11,51 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
 
-# Values of float32 or narrower have an order-preserving int32 image; with the flat index in
-# the low bits it forms a unique float64 integer key (exact below 2^53, so n^2 <= 2^21).
-# float64 rather than int64 keys: the CPU reduces float64 along columns several times faster.
-_PACK_MAX_ENTRIES = 2**21
+# A float32 value widened to float64 leaves the low 29 bits of the mantissa zero: room for the
+# flat index, which makes every key unique and keeps the order (value, index), so an ``amin``
+# identifies its entry. float64 rather than int64 keys: the CPU reduces float64 along columns
+# several times faster.
+_PACK_MAX_ENTRIES = 2**29
 
 
-def _entry_keys(values: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+def _entry_keys(values: torch.Tensor, nonnegative: bool = False) -> tuple[torch.Tensor, int | None]:
     """Keys [B, n, n] ordered like (value, flat index), and the number of index bits when
-    the keys are packed (then unique and finite, so an ``amin`` identifies its entry) or
-    None (the values themselves; ties are then resolved by ``argmin``, which returns the
-    first). +inf marks removed entries in both."""
+    the keys are packed (then unique and finite; the index is the low bits of the key's
+    float64 representation, see :func:`_key_index`) or None (the values themselves; ties are
+    then resolved by ``argmin``, which returns the first). +inf marks removed entries in both.
+
+    ``nonnegative``: the caller vouches that the values are finite and >= +0.0 (sampled
+    noise), which skips the three passes that handle signs, -0.0 and infinities.
+    """
     n = values.shape[-1]
     if values.dtype == torch.float64 or n * n > _PACK_MAX_ENTRIES:
         top = torch.finfo(values.dtype).max
         # Infinite utilities become the largest finite ones so that +inf can mark removed entries.
         return values.clamp(-top, top), None
-    # Negative floats (sign bit set: negative as int32) order in reverse; -2^31 - bits undoes
-    # that and maps -0.0 to 0, so -0.0 ties with +0.0. float16/bfloat16 widen exactly.
-    bits = values.float().view(torch.int32)
-    ordered = torch.where(bits < 0, -(2**31) - bits, bits)
     index_bits = max(1, (n * n - 1).bit_length())
-    flat = torch.arange(n * n, dtype=torch.float64, device=values.device).view(n, n)
-    # One add in float64: ordered * 2^index_bits + flat, exact (below 2^52).
-    return torch.add(flat, ordered, alpha=2**index_bits), index_bits
+    flat = torch.arange(n * n, device=values.device).view(n, n)
+    if nonnegative:
+        bits = values.float().double().view(torch.int64)
+    else:
+        # +0.0 for -0.0 (they tie), the largest finite floats for +-inf (an all-ones exponent
+        # with index bits would read as NaN); float16/bfloat16 widen exactly.
+        top = torch.finfo(torch.float32).max
+        bits = (values.float() + 0.0).clamp_(-top, top).double().view(torch.int64)
+        # For negative keys more low bits mean more negative: store mask - index there, so
+        # ties still go to the lowest index. (bits >> 63) is all ones exactly for negatives.
+        flat = flat ^ ((bits >> 63) & (2**index_bits - 1))
+    return (bits | flat).view(torch.float64), index_bits
+
+
+def _key_index(keys: torch.Tensor, index_bits: int) -> torch.Tensor:
+    """The flat index packed into float64 ``keys`` by :func:`_entry_keys` (long)."""
+    index = keys.view(torch.int64) & (2**index_bits - 1)
+    return torch.where(keys < 0, (2**index_bits - 1) - index, index)
 
 
 def _compaction(free: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +69,7 @@ def _compaction(free: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tens
     return index, padding
 
 
-def greedy_match(noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_match(noise: torch.Tensor, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The greedy matching of ``noise`` [..., n, n]: (rows, cols), each [..., n], the picks in
     the order the sequential algorithm makes them (ties go to the lowest flat index).
 
@@ -69,7 +85,7 @@ def greedy_match(noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if noise.numel() == 0:
         empty = torch.zeros(lead + (n,), dtype=torch.long, device=device)
         return empty, empty.clone()
-    key, index_bits = _entry_keys(noise.reshape(-1, n, n))
+    key, index_bits = _entry_keys(noise.reshape(-1, n, n), nonnegative)
     batch = key.shape[0]
     # Original row / column of every row / column of the compacted matrix; -1 for padding.
     row_id = torch.arange(n, device=device).expand(batch, n)
@@ -82,7 +98,7 @@ def greedy_match(noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         real = row_id >= 0
         if index_bits is not None:
             row_min, col_min = key.amin(-1), key.amin(-2)
-            col = torch.where(real, torch.remainder(row_min, 2.0**index_bits).long() % n, 0)
+            col = torch.where(real, _key_index(row_min, index_bits) % n, 0)
             col_min_by_id = torch.full((batch, n + 1), torch.inf, dtype=key.dtype, device=device)
             col_min_by_id.scatter_(-1, torch.where(col_id >= 0, col_id, n), col_min)
             taken = real & (row_min == col_min_by_id.gather(-1, col))
@@ -190,10 +206,18 @@ class GreedyMatching(StructuredDistribution):
         return torch.Size([self.n])
 
     # ------------------------------------------------------------------ kernels
-    def _solve(self, noise):
-        rows, cols = greedy_match(noise)
+    def _solve(self, noise, nonnegative: bool = False):
+        rows, cols = greedy_match(noise, nonnegative)
         x = torch.empty_like(rows).scatter_(-1, rows, cols)
         return x, torch.stack([rows, cols], -1)
+
+    def sample_with_trace(self, sample_shape=torch.Size(), generator=None):
+        # Sampled noise is >= +0.0, and finite unless a logit is hugely negative: then the
+        # keys skip their sign and infinity handling.
+        with torch.no_grad():
+            noise = self.sample_noise(sample_shape, generator)
+            x, trace = self._solve(noise, nonnegative=self._finite_noise)
+        return TraceSample(x, trace, noise)
 
     def sample_noise(self, sample_shape=torch.Size(), generator=None):
         # Finite logits: every entry is usable, so no masking (the same values as the base).
