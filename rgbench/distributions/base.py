@@ -183,6 +183,12 @@ class StructuredDistribution(Distribution):
         return mask & (self.logits > -torch.inf)
 
     @cached_property
+    def _all_usable(self) -> bool:
+        """Whether every position is usable (finite logits, no structural exclusions): the
+        noise then needs no +inf masking."""
+        return self._all_finite and bool(self._structural_mask().all())
+
+    @cached_property
     def _finite_noise(self) -> bool:
         """Whether sampled noise is surely finite: every logit l has exp(-l) times the largest
         Exp(1) draw of ``unit_exponential``, -log(eps / 2), below the dtype's maximum, with 2
@@ -240,7 +246,10 @@ class StructuredDistribution(Distribution):
         Takes ownership of ``unit`` (it may be overwritten)."""
         if not (self.logits.requires_grad and torch.is_grad_enabled()):
             # In place, same values: nothing to differentiate, so inf * 0 cannot reach a gradient.
-            return unit.log_().sub_(self.logits).exp_().masked_fill_(~self._usable, torch.inf)
+            noise = unit.log_().sub_(self.logits).exp_()
+            return noise if self._all_usable else noise.masked_fill_(~self._usable, torch.inf)
+        if self._all_usable:
+            return scale_exponential(unit, self.logits)
         safe = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
         return torch.where(self._usable, scale_exponential(unit, safe), torch.full_like(unit, float("inf")))
 

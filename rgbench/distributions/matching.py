@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
@@ -218,11 +218,6 @@ class GreedyMatching(StructuredDistribution):
             noise = self.sample_noise(sample_shape, generator)
             x, trace = self._solve(noise, nonnegative=self._finite_noise)
         return TraceSample(x, trace, noise)
-
-    def sample_noise(self, sample_shape=torch.Size(), generator=None):
-        # Finite logits: every entry is usable, so no masking (the same values as the base).
-        shape = torch.Size(sample_shape) + self.logits.shape
-        return scale_exponential(unit_exponential(shape, self.logits.detach(), generator), self.logits)
 
     def indicator(self, x):
         return torch.nn.functional.one_hot(x, self.n).to(self.logits.dtype)
