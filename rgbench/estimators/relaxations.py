@@ -308,46 +308,51 @@ def _lu_marginals(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
 
 
 def _log_partition_by_elimination(masked: Tensor, root: int) -> Tensor:
-    """log det L_r by Gaussian elimination without subtraction (Grassmann-Taksar-Heyman).
+    """log det L_r by Gaussian elimination without subtraction (Grassmann-Taksar-Heyman),
+    carried out on log-shares.
 
     Eliminating node k from a Laplacian leaves the Laplacian of a graph on the other nodes
     (Kron reduction): w'_ij = w_ij + w_ik w_kj / d_k. Kept column-stochastic (self-loops
-    included, so column sums stay 1), the pivot d_k = 1 - p_kk is computed as the sum of the
-    other shares in column k, so every operation adds, multiplies or divides non-negative
-    numbers and log det L_r comes out with relative accuracy ~n eps however close to
-    singular L_r is. Its gradient, by reverse-mode autograd, measured within 1e-15 of
-    enumeration where the LU route was off by 0.8. Cost: n sequential O(n^2) steps.
+    included, so column sums stay 1), the pivot d_k = 1 - p_kk is the sum of the other
+    shares in column k, so every step adds, multiplies or divides non-negative numbers: log
+    det L_r comes out with relative accuracy ~n eps however close to singular L_r is. In log
+    space (sums as log-sum-exp) no share underflows either, whatever the score gaps. Its
+    gradient, by reverse-mode autograd, measured within 1e-15 of enumeration where the LU
+    route was off by 0.8. Cost: n sequential O(n^2) steps.
     """
     n = masked.shape[-1]
-    share, log_degree = _parent_shares(masked, root)
-    log_z = log_degree.sum(-1)
     index = torch.arange(n, device=masked.device)
+    log_degree = _logsumexp(masked, -2).masked_fill(index == root, 0.0)
+    log_share = masked - log_degree.unsqueeze(-2)  # log p_ij; -inf in the root's column
+    log_z = log_degree.sum(-1)
     present = torch.ones(n, dtype=torch.bool, device=masked.device)  # not yet eliminated
     for k in range(n):
         if k == root:
             continue
         present = present & (index != k)
-        into_k, out_of_k = share[..., :, k] * present, share[..., k, :] * present
-        pivot = into_k.sum(-1)  # 1 - p_kk, without the subtraction
-        log_z = log_z + torch.log(pivot)
-        share = (share + into_k.unsqueeze(-1) * out_of_k.unsqueeze(-2) / pivot[..., None, None]) * (
-            present.unsqueeze(-1) & present.unsqueeze(-2)
-        )
+        into_k = log_share[..., :, k].masked_fill(~present, _NEG_INF)
+        out_of_k = log_share[..., k, :].masked_fill(~present, _NEG_INF)
+        log_pivot = _logsumexp(into_k, -1)  # log(1 - p_kk), without the subtraction
+        log_z = log_z + log_pivot
+        update = into_k.unsqueeze(-1) + out_of_k.unsqueeze(-2) - log_pivot[..., None, None]
+        log_share = _logsumexp(torch.stack([log_share, update]), 0)
+        log_share = log_share.masked_fill(~(present.unsqueeze(-1) & present.unsqueeze(-2)), _NEG_INF)
         # Renormalise: the column sums are 1 up to rounding; keep it from accumulating.
-        total = share.sum(-2).masked_fill(~present | (index == root), 1.0)
-        share = share / total.unsqueeze(-2)
-        log_z = log_z + torch.log(total).sum(-1)
+        log_total = _logsumexp(log_share, -2).masked_fill(~present | (index == root), 0.0)
+        log_share = log_share - log_total.unsqueeze(-2)
+        log_z = log_z + log_total.sum(-1)
     return log_z
 
 
-def _eliminated_marginals(masked: Tensor, root: int) -> Tensor:
+def _eliminated_marginals(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
     """Arc marginals as the gradient of ``_log_partition_by_elimination`` (a graph through
-    it when ``masked`` needs gradients, for SST's backward pass)."""
+    it when ``masked`` needs gradients, for SST's backward pass), and whether Z > 0 (else
+    no arborescence exists and the gradient means nothing)."""
     with torch.enable_grad():
         leaf = masked if masked.requires_grad else masked.detach().requires_grad_()
         log_z = _log_partition_by_elimination(leaf, root)
         (marginals,) = torch.autograd.grad(log_z.sum(), leaf, create_graph=masked.requires_grad)
-    return marginals
+    return marginals, log_z.detach() > _NEG_INF
 
 
 def _column_error(marginals: Tensor, root: int) -> Tensor:
@@ -370,18 +375,20 @@ def _directed_marginals(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
     subtraction-free elimination (``_eliminated_marginals``), exact at any gap.
     """
     marginals, info = _lu_marginals(masked, root)
-    bad = ~torch.isfinite(marginals).flatten(-2).all(-1) | (info != 0) | ~(_column_error(marginals, root) <= _COLUMN_SUM_TOL)
-    if bool(bad.any()):  # the one synchronisation on the happy path
+    redo = ~torch.isfinite(marginals).flatten(-2).all(-1) | (info != 0) | ~(_column_error(marginals, root) <= _COLUMN_SUM_TOL)
+    no_tree = torch.zeros_like(redo)
+    if bool(redo.any()):  # the one synchronisation on the happy path
         if masked.requires_grad:
             # The LU backward of a (near-)singular element is inf or NaN even under a zero
             # upstream gradient (0 * inf): recompute with those elements cut from the graph.
-            cut = torch.where(bad[..., None, None], masked.detach(), masked)
+            cut = torch.where(redo[..., None, None], masked.detach(), masked)
             marginals, _ = _lu_marginals(cut, root)
-        flat, flat_bad = marginals.reshape(-1, *marginals.shape[-2:]), bad.reshape(-1)
-        redo = _eliminated_marginals(masked.reshape(flat.shape)[flat_bad], root)
-        flat = flat.index_put((flat_bad.nonzero().squeeze(-1),), redo)
-        marginals = flat.reshape(marginals.shape)
-    valid = torch.isfinite(marginals).flatten(-2).all(-1) & (_column_error(marginals, root) <= 1e-6)
+        flat = marginals.reshape(-1, *marginals.shape[-2:])
+        rows = redo.reshape(-1).nonzero().squeeze(-1)
+        exact, exists = _eliminated_marginals(masked.reshape(flat.shape).index_select(0, rows), root)
+        marginals = flat.index_put((rows,), exact).reshape(marginals.shape)
+        no_tree = no_tree.reshape(-1).index_put((rows,), ~exists).reshape(redo.shape)
+    valid = ~no_tree & torch.isfinite(marginals).flatten(-2).all(-1) & (_column_error(marginals, root) <= 1e-6)
     return marginals, valid
 
 
