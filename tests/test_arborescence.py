@@ -506,13 +506,17 @@ def test_levels_with_several_cycles_per_row_match_the_reference():
 
 @pytest.mark.parametrize("value, checked", [(0.0, False), (-100.0, True)])
 def test_sampling_path_equals_solve_on_its_noise(value, checked):
-    """``sample_with_trace`` hands its own noise to the solver unchecked unless a logit is low
-    enough (float32: below about -84) for Exp(1) / exp(logit) to overflow; both paths must
-    give what ``solve`` gives on the returned noise."""
+    """``sample_with_trace`` hands its own noise to the solver unchecked; with a logit low
+    enough (float32: below about -84) for Exp(1) / exp(logit) to overflow, the draws are
+    capped at the largest finite float instead. Both must give what ``solve`` gives on the
+    returned noise."""
     logits = random_logits(8, 5, seed=3, missing=0.0, dtype=torch.float32) + value
     dist = Arborescence(logits)
     sample = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(4))
     assert dist._finite_noise is not checked
+    n = logits.shape[-1]
+    into_non_root = sample.noise[..., 1:].masked_fill(torch.eye(n, dtype=torch.bool)[:, 1:], 0.0)
+    assert bool(torch.isfinite(into_non_root).all())
     assert bool(torch.isinf(sample.noise[..., 1:, 1:].diagonal(dim1=-2, dim2=-1)).all())
     x, trace = dist.solve(sample.noise)
     assert torch.equal(sample.x, x) and torch.equal(sample.trace.edges, trace.edges)

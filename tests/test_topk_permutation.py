@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -97,7 +98,8 @@ def test_zero_unit_draw_with_underflowing_rate_gives_zero_noise_not_nan():
 
     log_rate = torch.tensor([-100.0, 0.0, 100.0])
     assert scale_exponential(torch.zeros(3), log_rate).tolist() == [0.0, 0.0, 0.0]
-    assert torch.isinf(scale_exponential(torch.ones(1), torch.tensor([-100.0]))).all()
+    capped = scale_exponential(torch.ones(1), torch.tensor([-100.0])).item()
+    assert math.isfinite(capped) and capped > 0.9999 * torch.finfo(torch.float32).max
     for requires_grad in (False, True):  # the in-place and the differentiable paths
         logits = torch.tensor([-100.0, 0.0, -torch.inf, 3.0]).requires_grad_(requires_grad)
         noise = TopK(logits, k=2)._scale_unit_noise(torch.zeros(2, 4))
@@ -119,3 +121,19 @@ def test_topk_gradient_is_finite_when_a_row_has_exactly_k_usable_items():
     picked = logits[0].detach()[trace[:, 0]]
     expected = (picked - picked.flip(-1).logcumsumexp(-1).flip(-1)).sum(-1)
     assert torch.allclose(dist.trace_log_prob(trace)[:, 0].detach(), expected)
+
+
+def test_overflowing_draws_are_capped_and_keep_gradients_finite():
+    # exp(-logit) overflows float32 below about -88: the draws are capped at the largest finite
+    # float (never +inf, which would tie with unusable items and make the reparameterised
+    # gradient 0 * inf = NaN, as in an SST ListOps run).
+    logits = torch.tensor([-100.0, 0.0, 5.0, -torch.inf], requires_grad=True)
+    dist = TopK(logits, k=2)
+    noise = dist.sample_noise((500,), generator=torch.Generator().manual_seed(7))
+    assert (noise[:, 0] > 0.9999 * torch.finfo(torch.float32).max).all() and torch.isfinite(noise[:, :3]).all()
+    assert torch.isinf(noise[:, 3]).all()
+    (-torch.log(noise[:, :3])).sum().backward()  # the perturbed logits, as SST computes them
+    assert torch.isfinite(logits.grad).all() and logits.grad[1:3].eq(500.0).all()
+    with torch.no_grad():
+        trace = dist.sample_with_trace((500,), generator=torch.Generator().manual_seed(8)).trace
+    assert sorted(set(trace.flatten().tolist())) == [1, 2]  # the capped item ranks last

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential
 from rgbench.distributions.catalog import register
 
 
@@ -374,15 +374,6 @@ class Arborescence(StructuredDistribution):
             )
 
     # ------------------------------------------------------------------ sampling
-    def sample_with_trace(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> TraceSample:
-        """As the base class, but the sampled noise skips :meth:`solve`'s checks when it is
-        valid by construction: +inf exactly on the unusable edges, finite elsewhere unless a
-        logit is so negative that Exp(1) / exp(logit) overflows."""
-        with torch.no_grad():
-            noise = self.sample_noise(sample_shape, generator)
-            x, trace = self._solve(noise) if self._finite_noise else self.solve(noise)
-        return TraceSample(x, trace, noise)
-
     def solve(self, noise):
         """CLE on ``noise`` [..., n, n]: (parents [..., n], trace).
 

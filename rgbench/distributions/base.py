@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Iterator, NamedTuple
 
 import torch
@@ -69,8 +69,21 @@ def unit_exponential(shape, like: torch.Tensor, generator: torch.Generator | Non
 def scale_exponential(unit: torch.Tensor, log_rate: torch.Tensor) -> torch.Tensor:
     """Exp(1) draws -> Exp(exp(log_rate)) draws: unit / rate, computed as
     exp(log(unit) - log_rate) so that a zero draw stays 0 even where the rate underflows
-    (unit * exp(-log_rate) would give 0 * inf = NaN). Callers mask positions of rate 0."""
-    return torch.exp(torch.log(unit) - log_rate)
+    (unit * exp(-log_rate) would give 0 * inf = NaN). Callers mask positions of rate 0.
+
+    Draws are capped just below the dtype's largest finite value: a larger one (a log-rate below about
+    -88 in float32) is not representable, and +inf would tie with the unusable positions and
+    give the reparameterised gradient 0 * inf = NaN (it killed an SST ListOps run)."""
+    return torch.exp((torch.log(unit) - log_rate).clamp_(max=_log_max(unit.dtype)))
+
+
+@lru_cache(maxsize=None)
+def _log_max(dtype: torch.dtype) -> float:
+    """The largest x of ``dtype`` with exp(x) finite in ``dtype`` (log(max) rounds up in it)."""
+    cap = torch.tensor(math.log(torch.finfo(dtype).max), dtype=dtype)
+    while torch.isinf(cap.exp()):
+        cap = torch.nextafter(cap, torch.tensor(-math.inf, dtype=dtype))
+    return cap.item()
 
 
 def _map_trace(fn, trace: Trace) -> Trace:
@@ -190,9 +203,10 @@ class StructuredDistribution(Distribution):
 
     @cached_property
     def _finite_noise(self) -> bool:
-        """Whether sampled noise is surely finite: every logit l has exp(-l) times the largest
-        Exp(1) draw of ``unit_exponential``, -log(eps / 2), below the dtype's maximum, with 2
-        nats to spare (a -inf logit fails, whatever the structure does with it)."""
+        """Whether sampled noise surely stays below the cap of :func:`scale_exponential`:
+        every logit l has exp(-l) times the largest Exp(1) draw of ``unit_exponential``,
+        -log(eps / 2), below the dtype's maximum, with 2 nats to spare (a -inf logit fails,
+        whatever the structure does with it)."""
         info = torch.finfo(self.logits.dtype)
         limit = math.log(info.max) - math.log(-math.log(info.eps / 2)) - 2.0
         return self._logits_min > -limit
@@ -245,8 +259,12 @@ class StructuredDistribution(Distribution):
 
         Takes ownership of ``unit`` (it may be overwritten)."""
         if not (self.logits.requires_grad and torch.is_grad_enabled()):
-            # In place, same values: nothing to differentiate, so inf * 0 cannot reach a gradient.
-            noise = unit.log_().sub_(self.logits).exp_()
+            # In place, same values as scale_exponential (the cap is a no-op unless a logit
+            # is low enough for the draws to overflow).
+            noise = unit.log_().sub_(self.logits)
+            if not self._finite_noise:
+                noise.clamp_(max=_log_max(noise.dtype))
+            noise.exp_()
             return noise if self._all_usable else noise.masked_fill_(~self._usable, torch.inf)
         if self._all_usable:
             return scale_exponential(unit, self.logits)

@@ -212,11 +212,11 @@ class GreedyMatching(StructuredDistribution):
         return x, torch.stack([rows, cols], -1)
 
     def sample_with_trace(self, sample_shape=torch.Size(), generator=None):
-        # Sampled noise is >= +0.0, and finite unless a logit is hugely negative: then the
-        # keys skip their sign and infinity handling.
+        # Sampled noise is finite (capped) and >= +0.0: the keys skip their sign and
+        # infinity handling.
         with torch.no_grad():
             noise = self.sample_noise(sample_shape, generator)
-            x, trace = self._solve(noise, nonnegative=self._finite_noise)
+            x, trace = self._solve(noise, nonnegative=True)
         return TraceSample(x, trace, noise)
 
     def indicator(self, x):

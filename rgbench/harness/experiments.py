@@ -19,8 +19,9 @@ ListOps hyperparameters: the authors' chosen settings (DESIGN §8) for T-REINFOR
 (``t-loo``: lr 1.86e-4, weight decay 4.67e-5, K = 5) and SST (lr 1.03e-3, tau 1.22, weight
 decay 4.06e-5, K = 1). The paper does not give E-REINFORCE+'s and RELAX's: ``e-loo`` uses
 T-REINFORCE+'s and ``relax`` those with K = 1 (a single-sample estimator, as in the paper).
-At the ``quick`` scale every score-function estimator uses lr 1e-3 instead (untuned: the
-paper's 1.86e-4 is meant for 200,000 steps). Each step sees 100 structures: 100 // K inputs.
+Every scale uses these learning rates: at the ``quick`` scale t-loo with lr 1e-3 reached
+54.0 % test accuracy (seed 0) against 65.7 % with the paper's 1.86e-4. ``rgbench train
+listops --lr`` overrides them. Each step sees 100 structures: 100 // K inputs.
 
 Model selection: the checkpoint with the best validation accuracy (evaluated on the mode
 arborescence, noise-free CLE on the arc logits); the test metrics are that checkpoint's.
@@ -337,7 +338,7 @@ LISTOPS_SCALES = {
     ),
     Scale.quick: ListOpsScale(
         data=ListOpsSettings(num_train=20_000, num_valid=1_000, num_test=2_000),
-        steps=10_000, eval_every=500, lr=1e-3,
+        steps=10_000, eval_every=500,
     ),
     Scale.paper: ListOpsScale(data=ListOpsSettings(), steps=200_000, eval_every=1_000),
 }  # fmt: skip
