@@ -8,9 +8,9 @@ softmax(logits)_i and a higher logit is picked earlier. Positions a structure ca
 A structure implements three batched kernels: :meth:`StructuredDistribution._solve` (the
 algorithm on checked noise; :meth:`~StructuredDistribution.solve` checks, then calls it),
 :meth:`~StructuredDistribution.indicator` and :meth:`~StructuredDistribution._draw_sets` (for
-each draw of a trace, its candidate set and its argmin). From the draw sets this class derives the trace log-probability and the
-conditional noise E | T for every structure; enumeration comes from the structure's
-:class:`~rgbench.distributions.recursion.Recursion`.
+each draw of a trace, its candidate set and its argmin). From the draw sets this class
+derives the trace log-probability and the conditional noise E | T for every structure;
+enumeration comes from the structure's :class:`~rgbench.distributions.recursion.Recursion`.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def scale_exponential(unit: torch.Tensor, log_rate: torch.Tensor) -> torch.Tenso
     exp(log(unit) - log_rate) so that a zero draw stays 0 even where the rate underflows
     (unit * exp(-log_rate) would give 0 * inf = NaN). Callers mask positions of rate 0.
 
-    Draws are capped just below the dtype's largest finite value: a larger one (a log-rate below about
-    -88 in float32) is not representable, and +inf would tie with the unusable positions and
-    give the reparameterised gradient 0 * inf = NaN (it killed an SST ListOps run)."""
+    Draws are capped just below the dtype's largest finite value: a larger one (a log-rate
+    below about -88 in float32) is not representable, and +inf would tie with the unusable
+    positions and give the reparameterised gradient 0 * inf = NaN (it killed an SST ListOps
+    run)."""
     return torch.exp((torch.log(unit) - log_rate).clamp_(max=_log_max(unit.dtype)))
 
 
