@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 
 
@@ -610,14 +610,21 @@ class Arborescence(StructuredDistribution):
         batch = edges.shape[0]
         usable = self._usable.expand(lead + (n, n)).reshape(batch, n * n)
         tail, head = edges[..., 0].clamp(min=0), edges[..., 1].clamp(min=0)
-        sizes = members.sum(-1)  # [B, m]
-        errors = (active != (edges[..., 1] >= 0)) | (~active & (sizes > 0))
+        # Owner sizes from boolean reductions: members.sum would first copy the [B, m, n]
+        # masks to int64, the most expensive step of trace_log_prob at n = 50.
+        errors = (active != (edges[..., 1] >= 0)) | (~active & members.any(-1))
         errors[:, 1:] |= active[:, 1:] & ~active[:, :-1]  # padding only at the end
         enters = members.gather(2, head.unsqueeze(2)) & ~members.gather(2, tail.unsqueeze(2))
         errors |= active & ~(enters.squeeze(2) & usable.gather(1, tail * n + head))
         # Level 0: draw d is owned by exactly {its head}, the d-th non-root node.
-        errors[:, : n - 1] |= ~active[:, : n - 1] | (head[:, : n - 1] != self._others) | (sizes[:, : n - 1] != 1)
-        errors[:, n - 1 :] |= active[:, n - 1 :] & (members[:, n - 1 :, self.root] | (sizes[:, n - 1 :] < 2))
+        level0 = torch.nn.functional.one_hot(self._others, n).bool()  # owners {head}
+        errors[:, : n - 1] |= (
+            ~active[:, : n - 1] | (head[:, : n - 1] != self._others) | (members[:, : n - 1] != level0).any(-1)
+        )
+        # A contraction owns its head (checked above) and at least one more node, never the root.
+        contracted = members[:, n - 1 :]
+        more = contracted.scatter(-1, head[:, n - 1 :].unsqueeze(-1), False).any(-1)
+        errors[:, n - 1 :] |= active[:, n - 1 :] & (contracted[..., self.root] | ~more)
         bad = errors.any(1)
         if (trace, n, self.root) not in _SOLVED:
             bad = bad | self._replay_errors(edges, members, active)
@@ -736,7 +743,7 @@ class Arborescence(StructuredDistribution):
         n, batch = self.n, draws.edges.shape[0]
         logits = self._batched(self.logits, draws.lead)
         log_norm = self._log_norms(draws, logits) if n > 1 else logits.new_zeros(batch, 0)
-        unit = torch.empty_like(log_norm).exponential_(generator=generator)
+        unit = unit_exponential(log_norm.shape, log_norm, generator)
         steps = torch.where(draws.active, scale_exponential(unit, torch.where(draws.active, log_norm, 0.0)), 0.0)
         column = logits.new_zeros(batch, n).index_copy(1, self._others, steps[:, : n - 1])
         offset = column.unsqueeze(1).expand(batch, n, n)
@@ -749,9 +756,7 @@ class Arborescence(StructuredDistribution):
         chosen = torch.zeros(batch, n * n + 1, dtype=torch.bool, device=logits.device).scatter_(1, keys, True)
         shape = draws.lead + (n, n)
         offset, chosen = offset.reshape(shape), chosen[:, : n * n].reshape(shape)
-        fresh = self._scale_unit_noise(
-            torch.empty(shape, dtype=logits.dtype, device=logits.device).exponential_(generator=generator)
-        )
+        fresh = self._scale_unit_noise(unit_exponential(shape, logits, generator))
         return torch.where(chosen, offset, offset + fresh)
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:

@@ -14,7 +14,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential
+from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 
 
@@ -284,8 +284,7 @@ class BinaryTree(StructuredDistribution):
         chosen, so none gets fresh noise."""
         lo, hi = self._segments(trace)
         log_norm = segment_logsumexp(self.logits, lo, hi)
-        unit = torch.empty(log_norm.shape, dtype=log_norm.dtype, device=log_norm.device)
-        step = scale_exponential(unit.exponential_(generator=generator), log_norm)
+        step = scale_exponential(unit_exponential(log_norm.shape, log_norm, generator), log_norm)
         return path_sums(step, trace)
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:
