@@ -146,7 +146,7 @@ def table(
 
     Runs every estimator x seed (reusing complete runs) and writes the table in the paper's
     format (mean ± std and max over seeds) with the paper's numbers in adjacent columns, as
-    Markdown and LaTeX.
+    Markdown and LaTeX, and the validation curves of every run as a figure.
     """
     if paper != 3:
         raise typer.BadParameter(f"--paper {paper} is not available here; only Table 3 (ListOps) is", param_hint="--paper")
@@ -159,7 +159,7 @@ def table(
     except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
         _fail(error)
     typer.echo((out / "table3.md").read_text())
-    typer.echo(f"wrote {out}/table3.md, table3.tex, table3_runs.csv")
+    typer.echo(f"wrote {out}/table3.md, table3.tex, table3_runs.csv, table3_curves.png/pdf")
 
 
 def register(app: typer.Typer) -> None:

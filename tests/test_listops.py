@@ -249,6 +249,7 @@ def test_table_command_writes_markdown_and_latex_and_reuses_runs(tmp_path):
     result = CliRunner().invoke(cli(), args)
     assert result.exit_code == 0, result.output
     assert "| SST |" in (tmp_path / "table3.md").read_text()
+    assert (tmp_path / "table3_curves.png").stat().st_size > 0 and (tmp_path / "table3_curves.pdf").exists()
     assert "\\begin{tabular}" in (tmp_path / "table3.tex").read_text()
     assert len(pd.read_csv(tmp_path / "table3_runs.csv")) == 2
     stamp = (tmp_path / "runs" / "sst-seed0" / "summary.json").stat().st_mtime_ns
