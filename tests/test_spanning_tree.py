@@ -154,6 +154,24 @@ def test_signed_zeros_and_negative_utilities_follow_kruskal():
             assert x[b].tolist() == sorted(trace[b].tolist())
 
 
+def test_nonnegative_packing_of_sampled_noise_follows_kruskal():
+    """The sampling path packs E's float bits as they are (valid for E >= +0.0, +inf on
+    missing edges); with ties, zeros and missing edges it must still follow (E, flat index)."""
+    n = 6
+    generator = torch.Generator().manual_seed(5)
+    noise = torch.tensor([0.0, 1.5, 1.5])[torch.randint(0, 3, (8, n, n), generator=generator)].triu(1)
+    missing = (torch.rand(8, n, n, generator=generator) < 0.3).triu(1)
+    missing[:, 0, :] = False  # the star around node 0 keeps every graph connected
+    logits = torch.zeros(8, n, n).masked_fill(missing | missing.mT, -torch.inf)
+    noise = noise.masked_fill(missing, torch.inf)
+    dist = SpanningTree(logits)
+    values = dist._edge_values(noise)
+    fast, general = dist._solve_edges(values, nonnegative=True), dist._solve_edges(values)
+    assert all(torch.equal(a, b) for a, b in zip(fast, general))
+    for b in range(8):  # the oracle never reaches an inf edge: the finite ones connect the graph
+        assert fast[1][b].tolist() == python_kruskal(noise[b].tolist())
+
+
 def test_solve_reads_only_the_upper_triangle_of_the_noise():
     dist = SpanningTree(SpanningTree.random_logits(6, (2,), generator=torch.Generator().manual_seed(0)))
     noise = dist.sample_noise((4,), generator=torch.Generator().manual_seed(1))
