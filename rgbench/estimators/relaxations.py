@@ -260,7 +260,8 @@ def topk_marginals(scores: Tensor, k: int) -> Tensor:
 # --------------------------------------------------------------------------- matrix-tree
 
 #: Largest |column sum - 1| of the fast (LU) arc marginals accepted before a batch element
-#: is recomputed by the slower, always accurate elimination (``_eliminated_marginals``).
+#: is recomputed by the slower, always accurate elimination (``_eliminated_marginals``):
+#: this, or the input dtype's eps where larger (float32 output rounds at that level anyway).
 _COLUMN_SUM_TOL = 1e-9
 
 
@@ -361,21 +362,23 @@ def _column_error(marginals: Tensor, root: int) -> Tensor:
     return ((marginals.sum(-2) - 1.0) * non_root).abs().amax(-1)
 
 
-def _directed_marginals(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
+def _directed_marginals(masked: Tensor, root: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Arc marginals P(i -> j) of arborescences rooted at ``root`` for float64 ``masked``
-    scores (-inf on the diagonal, the root's column and missing arcs); returns them and
-    a per-element validity mask.
+    scores (-inf on the diagonal, the root's column and missing arcs), for a result in
+    ``dtype``; returns them and a per-element validity mask.
 
     The fast route is one LU inverse (``_lu_marginals``). Its error grows like
     eps exp(gap) when a group of nodes is bound by arcs `gap` nats above those entering it
     (the minor's smallest singular value is about the chance that the group takes an outside
     parent); in float32 the minor is exactly singular from gap ~17, which sharpening SST
     scores reach within a few thousand ListOps steps. So we always work in float64, and the
-    elements whose column sums miss 1 by more than ``_COLUMN_SUM_TOL`` are recomputed by
-    subtraction-free elimination (``_eliminated_marginals``), exact at any gap.
+    elements whose column sums miss 1 by more than ``_COLUMN_SUM_TOL`` (or ``dtype``'s eps,
+    where larger) are recomputed by subtraction-free elimination (``_eliminated_marginals``),
+    exact at any gap.
     """
     marginals, info = _lu_marginals(masked, root)
-    redo = ~torch.isfinite(marginals).flatten(-2).all(-1) | (info != 0) | ~(_column_error(marginals, root) <= _COLUMN_SUM_TOL)
+    tol = max(_COLUMN_SUM_TOL, torch.finfo(dtype).eps)
+    redo = ~torch.isfinite(marginals).flatten(-2).all(-1) | (info != 0) | ~(_column_error(marginals, root) <= tol)
     no_tree = torch.zeros_like(redo)
     if bool(redo.any()):  # the one synchronisation on the happy path
         if masked.requires_grad:
@@ -440,7 +443,7 @@ def spanning_tree_marginals(scores: Tensor) -> Tensor:
     upper = index.unsqueeze(-1) < index.unsqueeze(-2)
     work = scores.to(torch.float64)
     sym = torch.where(upper, work, work.mT).masked_fill(index.unsqueeze(-1) == index.unsqueeze(-2), _NEG_INF)
-    arcs, valid = _directed_marginals(sym.masked_fill(index == 0, _NEG_INF), root=0)
+    arcs, valid = _directed_marginals(sym.masked_fill(index == 0, _NEG_INF), 0, scores.dtype)
     marginals = arcs + arcs.mT
     _raise_if_invalid(scores, upper, valid, _logsumexp(sym, -1), "incident")
     return marginals.to(scores.dtype)
@@ -479,7 +482,7 @@ def arborescence_marginals(scores: Tensor, root: int = 0) -> Tensor:
     index = torch.arange(n, device=scores.device)
     ignored = (index.unsqueeze(-1) == index.unsqueeze(-2)) | (index == root).unsqueeze(-2)
     masked = scores.to(torch.float64).masked_fill(ignored, _NEG_INF)
-    marginals, valid = _directed_marginals(masked, root)
+    marginals, valid = _directed_marginals(masked, root, scores.dtype)
     log_degree = _logsumexp(masked, -2).masked_fill(index == root, 0.0)
     _raise_if_invalid(scores, ~ignored, valid, log_degree, "incoming")
     return marginals.to(scores.dtype)
