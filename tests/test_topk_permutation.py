@@ -137,3 +137,16 @@ def test_overflowing_draws_are_capped_and_keep_gradients_finite():
     with torch.no_grad():
         trace = dist.sample_with_trace((500,), generator=torch.Generator().manual_seed(8)).trace
     assert sorted(set(trace.flatten().tolist())) == [1, 2]  # the capped item ranks last
+
+
+def test_noise_log_prob_stays_finite_for_large_logits():
+    # exp(100) overflows float32, but lambda * E is about Exp(1): the E-REINFORCE score
+    # 1 - lambda E must come out finite (a ListOps e-loo run died on inf * 0 = NaN).
+    logits = torch.tensor([100.0, 0.0, -100.0, -torch.inf], requires_grad=True)
+    dist = TopK(logits, k=2)
+    noise = dist.sample_noise((200,), generator=torch.Generator().manual_seed(9))
+    noise[0, 0] = 0.0  # a zero draw (U = 0) gives lambda * E = 0 exactly
+    dist.noise_log_prob(noise).sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[3] == 0
+    rate_noise = (logits.detach()[:3].double().exp() * noise[:, :3].double()).sum(0)
+    assert torch.allclose(logits.grad[:2].double(), 200 - rate_noise[:2], rtol=1e-5)

@@ -370,10 +370,20 @@ class StructuredDistribution(Distribution):
 
     def noise_log_prob(self, noise: torch.Tensor) -> torch.Tensor:
         """log p(E) = sum over usable positions of logits_i - lambda_i E_i; its gradient is
-        the E-REINFORCE score 1 - lambda_i E_i."""
+        the E-REINFORCE score 1 - lambda_i E_i.
+
+        lambda_i E_i is computed as exp(logits_i + log E_i), about Exp(1) in size: exp(logits)
+        alone overflows float32 above 88.7 (inf * E, inf * 0 = NaN), which a ListOps arc
+        scorer reaches; E_i = 0 gives exactly 0, with a zero derivative. E is data here: it is
+        detached (the density's gradient in the logits at fixed E is the score)."""
+        noise = noise.detach()
         safe_logits = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
-        safe_noise = torch.where(self._usable, noise, torch.zeros_like(noise))
-        terms = torch.where(self._usable, safe_logits - torch.exp(safe_logits) * safe_noise, torch.zeros_like(safe_noise))
+        positive = self._usable & (noise > 0)
+        log_noise = torch.log(torch.where(positive, noise, torch.ones_like(noise)))
+        # -inf inside the exp, not a where around it: exp(100) in the unused branch would send
+        # 0 * inf = NaN back through the where.
+        rate_noise = torch.exp(torch.where(positive, safe_logits + log_noise, -torch.inf))
+        terms = torch.where(self._usable, safe_logits - rate_noise, torch.zeros_like(rate_noise))
         return terms.flatten(-self.logits_event_dim).sum(-1)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
