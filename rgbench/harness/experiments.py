@@ -592,6 +592,7 @@ def plot_table3_curves(metrics: pd.DataFrame, stem: str | Path) -> None:
         data=long, x="step", y="value", hue="estimator", col="metric", kind="line",
         errorbar=("ci", 95), n_boot=1000, seed=0, height=3.2, aspect=1.1,
     )  # fmt: skip
+    grid.set_titles("{col_name}")
     grid.set_ylabels("validation")
     grid.figure.savefig(f"{stem}.png", dpi=150, bbox_inches="tight")
     grid.figure.savefig(f"{stem}.pdf", bbox_inches="tight")
