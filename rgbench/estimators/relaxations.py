@@ -28,6 +28,7 @@ check costs one device synchronisation per call.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -280,12 +281,12 @@ def _inverse_minor(matrix: Tensor, root: int) -> tuple[Tensor, Tensor]:
     return inverse.masked_fill(on_root, 0.0), info
 
 
-def _parent_shares(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
-    """Column softmax p_ij = w_ij / d_j of ``masked`` scores and log d_j (0 at the root,
-    whose all -inf column gets shares 0 rather than NaN)."""
+def _log_parent_shares(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
+    """Log column softmax log p_ij = s_ij - log d_j of ``masked`` scores and log d_j (0 at
+    the root, whose all -inf column gets shares -inf rather than NaN)."""
     is_root = torch.arange(masked.shape[-1], device=masked.device) == root
     log_degree = _logsumexp(masked, -2).masked_fill(is_root, 0.0)
-    return _exp(masked - log_degree.unsqueeze(-2)), log_degree
+    return masked - log_degree.unsqueeze(-2), log_degree
 
 
 def _lu_marginals(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
@@ -301,7 +302,7 @@ def _lu_marginals(masked: Tensor, root: int) -> tuple[Tensor, Tensor]:
     overflows, and P(i -> j) = p_ij (M_r^{-1}[j, j] - M_r^{-1}[j, i]). Returns the marginals
     and the LU status.
     """
-    parent_share, _ = _parent_shares(masked, root)
+    parent_share = _exp(_log_parent_shares(masked, root)[0])
     n = masked.shape[-1]
     inverse, info = _inverse_minor(torch.eye(n, dtype=masked.dtype, device=masked.device) - parent_share, root)
     d = torch.diagonal(inverse, dim1=-2, dim2=-1)
@@ -323,8 +324,7 @@ def _log_partition_by_elimination(masked: Tensor, root: int) -> Tensor:
     """
     n = masked.shape[-1]
     index = torch.arange(n, device=masked.device)
-    log_degree = _logsumexp(masked, -2).masked_fill(index == root, 0.0)
-    log_share = masked - log_degree.unsqueeze(-2)  # log p_ij; -inf in the root's column
+    log_share, log_degree = _log_parent_shares(masked, root)
     log_z = log_degree.sum(-1)
     present = torch.ones(n, dtype=torch.bool, device=masked.device)  # not yet eliminated
     for k in range(n):
@@ -395,10 +395,12 @@ def _directed_marginals(masked: Tensor, root: int, dtype: torch.dtype) -> tuple[
     return marginals, valid
 
 
-def _raise_if_invalid(scores: Tensor, read: Tensor, valid: Tensor, log_degree: Tensor, what: str) -> None:
+def _raise_if_invalid(scores: Tensor, read: Tensor, valid: Tensor, edgeless: Callable[[], Tensor], what: str) -> None:
+    """Raise ValueError naming the cause unless every element is ``valid``; ``edgeless()``
+    (called only then) marks the nodes without a usable edge."""
     if not bool(valid.all()):
         reason = _bad_entries(scores, read)
-        if reason is None and bool((log_degree == _NEG_INF).any()):
+        if reason is None and bool(edgeless().any()):
             reason = f"a node has no {what} edge above -inf, so no structure exists"
         if reason is None:
             reason = "the Laplacian minor is singular: not every node is connected through edges above -inf"
@@ -445,7 +447,7 @@ def spanning_tree_marginals(scores: Tensor) -> Tensor:
     sym = torch.where(upper, work, work.mT).masked_fill(index.unsqueeze(-1) == index.unsqueeze(-2), _NEG_INF)
     arcs, valid = _directed_marginals(sym.masked_fill(index == 0, _NEG_INF), 0, scores.dtype)
     marginals = arcs + arcs.mT
-    _raise_if_invalid(scores, upper, valid, _logsumexp(sym, -1), "incident")
+    _raise_if_invalid(scores, upper, valid, lambda: (sym == _NEG_INF).all(-1), "incident")
     return marginals.to(scores.dtype)
 
 
@@ -483,8 +485,7 @@ def arborescence_marginals(scores: Tensor, root: int = 0) -> Tensor:
     ignored = (index.unsqueeze(-1) == index.unsqueeze(-2)) | (index == root).unsqueeze(-2)
     masked = scores.to(torch.float64).masked_fill(ignored, _NEG_INF)
     marginals, valid = _directed_marginals(masked, root, scores.dtype)
-    log_degree = _logsumexp(masked, -2).masked_fill(index == root, 0.0)
-    _raise_if_invalid(scores, ~ignored, valid, log_degree, "incoming")
+    _raise_if_invalid(scores, ~ignored, valid, lambda: (masked == _NEG_INF).all(-2) & (index != root), "incoming")
     return marginals.to(scores.dtype)
 
 
