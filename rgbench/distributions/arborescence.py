@@ -288,9 +288,9 @@ class Arborescence(StructuredDistribution):
     level 0, then per level O(n) for each drawing super-node and each label its cycle
     absorbs, plus O(n) relabelling gathers over the batch; O(n^2) memory. After level 0 a
     level touches only the (row, super-node) pairs that draw, so its cost is a fixed number
-    of small ops (plus two per step of the longest walk). ``trace_log_prob`` and ``noise_given_trace`` have no loop over
-    levels: O(n^2 + a n^2) time (a batched matrix product over the a contracted draws) and
-    O(n^2 + a n) memory. Traces that ``solve`` did not return (copies, edits, expansions)
+    of small ops (plus two per step of the longest walk). ``trace_log_prob`` and
+    ``noise_given_trace`` have no loop over levels: O(n^2 + a n^2) time (a batched matrix
+    product over the a contracted draws) and O(n^2 + a n) memory. Traces that ``solve`` did not return (copies, edits, expansions)
     are first validated by an O(n log n)-per-level replay.
 
     Example:
@@ -335,17 +335,16 @@ class Arborescence(StructuredDistribution):
         nodes = torch.arange(self.n, device=self.logits.device)
         return nodes[nodes != self.root]
 
+    @cached_property
+    def _level0_owners(self) -> torch.Tensor:
+        """[n - 1, n] bool: the owners of the level-0 draws, {head} for each non-root head."""
+        return F.one_hot(self._others, self.n).bool()
+
     def _structural_mask(self):
         n = self.n
         mask = ~torch.eye(n, dtype=torch.bool, device=self.logits.device)
         mask[:, self.root] = False
         return mask
-
-    @cached_property
-    def _usable(self) -> torch.Tensor:
-        """As the base class (structurally usable and finite), with finite as > -inf: NaN and
-        +inf logits were rejected at construction."""
-        return self._structural_mask() & (self.logits.detach() > -torch.inf)
 
     def _check_structure(self):
         name = type(self).__name__
@@ -529,7 +528,7 @@ class Arborescence(StructuredDistribution):
         others = self._others
         edges[:, : n - 1, 0] = tail0[:, others]
         edges[:, : n - 1, 1] = others
-        members[:, : n - 1] = torch.nn.functional.one_hot(others, n).bool()
+        members[:, : n - 1] = self._level0_owners
         if levels:
             row, pick, owner = (torch.cat(parts) for parts in zip(*levels))
             order = torch.sort(row, stable=True).indices
@@ -617,9 +616,10 @@ class Arborescence(StructuredDistribution):
         enters = members.gather(2, head.unsqueeze(2)) & ~members.gather(2, tail.unsqueeze(2))
         errors |= active & ~(enters.squeeze(2) & usable.gather(1, tail * n + head))
         # Level 0: draw d is owned by exactly {its head}, the d-th non-root node.
-        level0 = torch.nn.functional.one_hot(self._others, n).bool()  # owners {head}
         errors[:, : n - 1] |= (
-            ~active[:, : n - 1] | (head[:, : n - 1] != self._others) | (members[:, : n - 1] != level0).any(-1)
+            ~active[:, : n - 1]
+            | (head[:, : n - 1] != self._others)
+            | (members[:, : n - 1] != self._level0_owners).any(-1)
         )
         # A contraction owns its head (checked above) and at least one more node, never the root.
         contracted = members[:, n - 1 :]
