@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 
 from rgbench.distributions import recursion as spec
-from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample
+from rgbench.distributions.base import DrawSet, StructuredDistribution
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
 
@@ -211,13 +211,8 @@ class GreedyMatching(StructuredDistribution):
         x = torch.empty_like(rows).scatter_(-1, rows, cols)
         return x, torch.stack([rows, cols], -1)
 
-    def sample_with_trace(self, sample_shape=torch.Size(), generator=None):
-        # Sampled noise is finite (capped) and >= +0.0: the keys skip their sign and
-        # infinity handling.
-        with torch.no_grad():
-            noise = self.sample_noise(sample_shape, generator)
-            x, trace = self._solve(noise, nonnegative=True)
-        return TraceSample(x, trace, noise)
+    def _solve_sampled(self, noise):
+        return self._solve(noise, nonnegative=True)  # the keys skip sign and infinity handling
 
     def indicator(self, x):
         return torch.nn.functional.one_hot(x, self.n).to(self.logits.dtype)
