@@ -98,7 +98,7 @@ train_app = typer.Typer(help="Train a model with a structured latent variable.",
 @train_app.command("listops")
 def train_listops(
     estimator: Annotated[str, typer.Option(help="Estimator (t-loo, e-loo, relax, sst).")] = "t-loo",
-    scale: Annotated[Scale, typer.Option(help="smoke (seconds), quick (CPU, ~15-30 min) or paper (GPU).")] = Scale.quick,
+    scale: Annotated[Scale, typer.Option(help="smoke (seconds), quick (CPU, ~10-20 min) or paper (GPU).")] = Scale.quick,
     seed: Annotated[int, typer.Option(help="Seed of the run (model, data order, samples).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder of the run.")] = Path("results/listops"),
     steps: Annotated[Optional[int], typer.Option(help="Override the scale's number of steps.")] = None,

@@ -135,8 +135,9 @@ class Relax(SurrogateEstimator):
         v = dc/dz(E), ṽ = dc/dz(Ẽ):  g = A w,  A w = grad_logits[sum a log P + v.z(E) - ṽ.z(Ẽ)] / K.
         So d||g||^2/dphi = 2 (A^T g)·dw/dphi, where only w depends on the critic phi. A^T g is
         computed as d/du <A u, g> (exact at any u by linearity) at u = 1, *not* by
-        differentiating A w through w: PyTorch's logcumsumexp backward (used by the pool
-        distributions' log-normalisers) takes log|cotangent|, so its double backward is NaN
+        differentiating A w through w: PyTorch's logcumsumexp backward (which the pool
+        distributions' log-normalisers fall back to for rows spanning over 600 nats) takes
+        log|cotangent|, so its double backward is NaN
         wherever a cotangent is exactly 0 -- which happens as soon as the tanh critic
         saturates (dc/dz = 0) or fits L exactly (a = 0). At u = 1 every cotangent that
         reaches the distribution's graph is a sum of same-signed nonzero terms.

@@ -3,11 +3,11 @@
 Scales (one option selects everything; DESIGN §8 has the paper's configuration):
 
 * ``smoke``: seconds, for CI: a few steps on tiny data; numbers mean nothing.
-* ``quick``: a CPU budget of about 15-30 minutes per ListOps run on 2 cores for t-loo,
-  e-loo and sst (20,000 / 1,000 / 2,000 examples, 10,000 steps of 100 structures,
-  evaluation every 500). Measured with one thread per run, two runs side by side on the
-  2-core development machine: about 0.08 s per step for t-loo (13 min per run). RELAX is
-  several times slower per step (it pads every batch to 50 tokens for its critic and
+* ``quick``: a CPU budget of 10-20 minutes per ListOps run for t-loo, e-loo and sst
+  (20,000 / 1,000 / 2,000 examples, 10,000 steps of 100 structures, evaluation every 500).
+  Measured with one thread per run, two runs side by side on the 2-core development
+  machine: 510-610 s per t-loo or e-loo run, 1040-1100 s per SST run (docs/listops). RELAX
+  is several times slower per step (it pads every batch to 50 tokens for its critic and
   trains the critic with a double backward pass through CLE): budget it separately or pass
   ``--steps``. The toy problems run at the authors' full size (15,000 steps): from about a
   minute (t-loo on matching) to tens of minutes (RELAX on the binary tree) per
