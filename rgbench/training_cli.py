@@ -20,13 +20,14 @@ import torch
 import typer
 
 from rgbench import distributions, estimators
+from rgbench.cli_parsing import fail, parse_names
 from rgbench.harness import experiments
 from rgbench.harness.experiments import Scale
 from rgbench.tasks.toy import toy_structures
 
 
 def _names(value: str, registry, option: str) -> list[str]:
-    names = [name.strip() for name in value.split(",") if name.strip()]
+    names = parse_names(value)
     if not names:
         raise typer.BadParameter(f"{option} needs at least one name")
     for name in names:
@@ -50,8 +51,7 @@ def _positive(value: Optional[int], option: str) -> Optional[int]:
 
 
 def _fail(error: Exception) -> None:
-    typer.echo(f"error: {type(error).__name__}: {error}", err=True)
-    raise typer.Exit(code=1)
+    fail(f"{type(error).__name__}: {error}")
 
 
 def optimize(
