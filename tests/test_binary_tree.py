@@ -22,6 +22,8 @@ from rgbench.distributions.binary_tree import (
     nearest_smaller,
     path_sums,
     segment_logsumexp,
+    subtree_logsumexp,
+    subtree_sums,
 )
 
 
@@ -266,6 +268,38 @@ def test_segment_logsumexp_is_exact_and_stable():
     small = logits[:3, :9].clone().div_(100).requires_grad_()
     check = check_parent_array(random_dist(9, batch_shape=(3,), seed=10).sample())
     assert torch.autograd.gradcheck(lambda l: segment_logsumexp(l, check.lo, check.hi), (small,))
+
+
+def test_subtree_sums_match_python():
+    dist = random_dist(40, seed=8)
+    parent = dist.sample((3,))
+    values = torch.randn(3, 40, dtype=torch.float64)
+    sums = subtree_sums(values, check_parent_array(parent).jumps)
+    for b in range(3):
+        expected = [0.0] * 40
+        for v in range(40):
+            u = v
+            while u != -1:  # v's value counts in the subtree of every node on its path up
+                expected[u] += values[b, v].item()
+                u = parent[b, u].item()
+        assert sums[b].tolist() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("scale", [3.0, 300.0])  # within 600 nats: subtree sums; wider: sparse table
+def test_subtree_logsumexp_matches_masked_logsumexp(scale):
+    generator = torch.Generator().manual_seed(11)
+    n = 37
+    logits = scale * torch.randn(4, n, generator=generator, dtype=torch.float64)
+    parent = random_dist(n, batch_shape=(4,), seed=11).sample()
+    lo, hi = torch.tensor([python_segments(array) for array in parent.tolist()]).unbind(1)
+    index = torch.arange(n)
+    mask = (index >= lo.unsqueeze(-1)) & (index <= hi.unsqueeze(-1))
+    expected = torch.logsumexp(torch.where(mask, logits.unsqueeze(-2), -torch.inf), -1)
+    check = check_parent_array(parent)
+    assert check.valid.all() and torch.allclose(subtree_logsumexp(logits, check), expected, rtol=1e-13, atol=0)
+    small = logits[:3, :9].clone().requires_grad_()
+    check = check_parent_array(random_dist(9, batch_shape=(3,), seed=12).sample())
+    assert torch.autograd.gradcheck(lambda l: subtree_logsumexp(l, check), (small,))
 
 
 def test_large_instance_runs():

@@ -46,13 +46,15 @@ def nearest_smaller(key: torch.Tensor, left_ties: bool = False) -> tuple[torch.T
     """
     n = key.shape[-1]
     if not key.is_floating_point():
-        key = key.double()  # exact for the small integers (depths) it is used on
+        key = key.double()  # the blocks stick out with NaN padding; exact below 2^53
     left = right = torch.arange(n, device=key.device).expand(key.shape)  # ends of the skipped stretches
+    # Steps are added as alpha * mask: on the CPU torch.where is several times slower than
+    # an add on tensors of more than about 8,000 elements.
     for level, (before, after) in reversed(list(enumerate(_block_minima(key)))):
         block = before.gather(-1, left)
         clear = block > key if left_ties else block >= key
-        left = torch.where(clear, left - 2**level, left)
-        right = torch.where(after.gather(-1, right) >= key, right + 2**level, right)
+        left = torch.add(left, clear, alpha=-(2**level))
+        right = torch.add(right, after.gather(-1, right) >= key, alpha=2**level)
     return left - 1, right + 1
 
 
@@ -64,40 +66,79 @@ def cartesian_parent(key: torch.Tensor) -> torch.Tensor:
     right is the larger; -1 at the root. O(n log n) per row.
     """
     left, right = nearest_smaller(key, left_ties=True)
-    return _larger_neighbour(key, left, right, strict=False)
+    return _larger_neighbour(key, left, right)
 
 
-def _larger_neighbour(key: torch.Tensor, left: torch.Tensor, right: torch.Tensor, strict: bool) -> torch.Tensor:
-    """The larger of each node's two neighbours, the one that exists, or -1 for neither.
-    ``strict``: -2 where the two have equal keys (no Cartesian tree decides between them)."""
+def _larger_neighbour(key: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The larger of each node's two neighbours, the one that exists, or -1 for neither."""
     n = key.shape[-1]
     has_left, has_right = left >= 0, right < n
     key_left = key.gather(-1, left.clamp(min=0))
     key_right = key.gather(-1, right.clamp(max=n - 1))
     # (key_left, left) > (key_right, right) iff key_left > key_right, since left < right.
-    both = torch.where(key_left > key_right, left, right)
-    if strict:
-        both = torch.where(key_left == key_right, torch.full_like(left, -2), both)
-    one = torch.where(has_left, left, torch.where(has_right, right, torch.full_like(left, -1)))
-    return torch.where(has_left & has_right, both, one)
+    # Selections by arithmetic on masks (cheaper than torch.where on the CPU): take the left
+    # neighbour where it exists and either beats the right one or that one is missing, the
+    # right one where it exists otherwise, and -1 = right - (n + 1) where neither does.
+    take_left = has_left & ((key_left > key_right) | ~has_right)
+    parent = torch.add(right, take_left * (left - right))
+    return torch.add(parent, ~(has_left | has_right), alpha=-(n + 1))
 
 
-def path_sums(values: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
-    """For every node v, the sum of ``values`` over v and all its ancestors, [..., n].
+def ancestor_jumps(parent: torch.Tensor) -> list[torch.Tensor]:
+    """Pointer-doubling tables of a parent array [..., n] (-1 at roots): ``jumps[k]``
+    [..., n + 1] holds the 2^k-th ancestor of every node, for k = 0..K.
 
-    Pointer jumping over the parent array [..., n] (-1 at roots): ceil(log2 n) rounds of
-    gathers, O(n log n). Differentiable in ``values``; finite garbage on cyclic input.
+    Slot n is a sink that roots (and jumps past a root) point to and that points to itself.
+    The tables stop at the first K whose jumps all land in the sink (K = ceil(log2(d + 1))
+    for depth d: about log2 log2 n rounds for a random tree instead of log2 n), or at
+    K = ceil(log2 n): every node of a forest reaches the sink within 2^K >= n hops, so the
+    array is acyclic iff ``jumps[-1]`` is the sink everywhere. O(n log n).
     """
     n = parent.shape[-1]
-    shape = torch.broadcast_shapes(values.shape[:-1], parent.shape[:-1]) + (n + 1,)
-    # Slot n is a zero-valued sink that roots point to, so jumps past a root add nothing.
     sink = parent.new_full(parent.shape[:-1] + (1,), n)
-    jump = torch.cat([torch.where(parent < 0, sink, parent), sink], -1).expand(shape)
-    total = torch.cat([values, values.new_zeros(values.shape[:-1] + (1,))], -1).expand(shape)
+    jump = torch.cat([torch.add(parent, parent < 0, alpha=n + 1), sink], -1)  # -1 -> n
+    jumps = [jump]
     for _ in range(math.ceil(math.log2(n)) if n > 1 else 0):
-        total = total + total.gather(-1, jump)
+        if bool((jump == n).all()):
+            break
         jump = jump.gather(-1, jump)
-    return total[..., :n]
+        jumps.append(jump)
+    return jumps
+
+
+def _with_sink(values: torch.Tensor, jumps: list[torch.Tensor]) -> torch.Tensor:
+    """``values`` [..., n] with a zero appended for the sink, broadcast to the tables' batch."""
+    n = values.shape[-1]
+    shape = torch.broadcast_shapes(values.shape[:-1], jumps[0].shape[:-1]) + (n + 1,)
+    return torch.cat([values, values.new_zeros(values.shape[:-1] + (1,))], -1).expand(shape)
+
+
+def path_sums(values: torch.Tensor, parent: torch.Tensor, jumps: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """For every node v, the sum of ``values`` over v and all its ancestors, [..., n].
+
+    Pointer jumping: after round k, total[v] sums the 2^(k+1) nodes from v upwards, O(n log n).
+    ``jumps``: the tables of :func:`ancestor_jumps` if the caller has them. Differentiable
+    in ``values``; finite garbage on cyclic input.
+    """
+    jumps = ancestor_jumps(parent) if jumps is None else jumps
+    total = _with_sink(values, jumps)
+    for jump in jumps[:-1]:
+        total = total + total.gather(-1, jump.expand(total.shape))
+    return total[..., :-1]
+
+
+def subtree_sums(values: torch.Tensor, jumps: list[torch.Tensor]) -> torch.Tensor:
+    """For every node v, the sum of ``values`` [..., n] over v's subtree, [..., n].
+
+    The transpose of :func:`path_sums`: with S_k[x] the sum over the descendants of x less
+    than 2^k below it, S_{k+1}[x] = S_k[x] + sum of S_k[y] over the y whose 2^k-th ancestor
+    is x (those descendants exactly 2^k below x cover the next 2^k levels once each): one
+    scatter-add per round, O(n log n), differentiable. Finite garbage on cyclic input.
+    """
+    total = _with_sink(values, jumps)
+    for jump in jumps[:-1]:
+        total = total.scatter_add(-1, jump.expand(total.shape), total)
+    return total[..., :-1]
 
 
 def segment_logsumexp(logits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -131,46 +172,78 @@ def segment_logsumexp(logits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) 
 
 
 class TreeCheck(NamedTuple):
-    """Per-instance problems of a parent array (bool or count [...] each) and, where the
-    array is valid, every node's segment lo..hi ([..., n] each)."""
+    """Whether each parent array is a binary tree with in-order 0..n-1 (``valid`` [...]),
+    every node's segment lo..hi ([..., n] each, meaningful where valid) and the array's
+    :func:`ancestor_jumps` tables."""
 
-    out_of_range: torch.Tensor
-    root_count: torch.Tensor
-    shared_side: torch.Tensor
-    not_in_order: torch.Tensor
+    valid: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
-
-    @property
-    def valid(self) -> torch.Tensor:
-        return ~(self.out_of_range | self.shared_side | self.not_in_order) & (self.root_count == 1)
+    jumps: list[torch.Tensor]
 
 
 def check_parent_array(parent: torch.Tensor) -> TreeCheck:
     """Validity of a parent array [..., n] as a binary tree with in-order 0..n-1.
 
-    Valid iff it has one root, no node has two children on the same side, and it equals
-    the Cartesian tree of its own depths. (Parents are then strictly shallower, so there is
-    no cycle; a segment whose minimum depth were not unique would give two nodes the same
-    parent on the same side, or two roots; so every subtree is a contiguous segment with
-    its root splitting it into the left and right subtrees.) For a valid tree, the nearest
-    shallower nodes on either side of v bound its segment. O(n log n) per instance.
+    A child below its parent's index is a left child, above it a right child. With
+    lo_v = v - (sizes of v's left children's subtrees) and hi_v = v + (same on the right),
+    the array is valid iff its parents lie in -1..n-1, it is acyclic, every left child c of
+    p has hi_c = p - 1, every right child lo_c = p + 1, and every root lo = 0. By induction
+    from the leaves every subtree is then the segment lo_v..hi_v around v; so two children
+    on one side, or two roots, would share a node, and cannot occur (the converse is
+    immediate). O(n log n) per instance: the sizes are :func:`subtree_sums` of ones.
     """
     n = parent.shape[-1]
     index = torch.arange(n, device=parent.device)
     outside = (parent < -1) | (parent >= n)
-    out_of_range = (outside | (parent == index)).any(-1)
-    safe = torch.where(outside, torch.full_like(parent, -1), parent)
-    root_count = (safe < 0).sum(-1)
-    # Children per (parent, side); roots land in slots 0-1, which are ignored.
-    side = (index > safe).long()  # 0: left child, 1: right child
-    slots = torch.zeros(parent.shape[:-1] + (2 * (n + 1),), dtype=torch.long, device=parent.device)
-    slots = slots.scatter_add(-1, 2 * (safe + 1) + side, torch.ones_like(safe))
-    shared_side = (slots[..., 2:] > 1).any(-1)
-    depth = path_sums(torch.ones_like(safe), safe) - 1
-    left, right = nearest_smaller(depth)
-    not_in_order = (_larger_neighbour(depth, left, right, strict=True) != safe).any(-1)
-    return TreeCheck(out_of_range, root_count, shared_side, not_in_order, left + 1, right - 1)
+    safe = torch.add(parent, outside * (-1 - parent))
+    jumps = ancestor_jumps(safe)
+    size = subtree_sums(torch.ones_like(safe), jumps)
+    # The subtree sizes per (parent, side); roots land in slots 0-1, which are ignored.
+    right = index > safe
+    sides = torch.zeros(parent.shape[:-1] + (2 * (n + 1),), dtype=torch.long, device=parent.device)
+    sides = sides.scatter_add(-1, 2 * (safe + 1) + right.long(), size)[..., 2:].unflatten(-1, (n, 2))
+    lo, hi = index - sides[..., 0], index + sides[..., 1]
+    # A root has parent -1, so it counts as a right child: lo - 1 == -1.
+    fits = torch.add(hi + 1, right * (lo - hi - 2)) == safe
+    valid = (fits & (jumps[-1][..., :n] == n) & ~outside).all(-1)
+    return TreeCheck(valid, lo, hi, jumps)
+
+
+def subtree_logsumexp(logits: torch.Tensor, check: TreeCheck) -> torch.Tensor:
+    """logsumexp of ``logits`` [..., n] over every node's subtree (its segment), [..., n],
+    for the parent arrays that ``check`` found valid.
+
+    Subtree sums of exp(logits - row max) in float64: sums of positive terms, so the
+    relative error stays within a few float64 ulps, and nothing underflows while a row's
+    logits span less than 600 nats. Wider rows use the sparse table of
+    :func:`segment_logsumexp` (log space throughout, several times slower).
+    """
+    bottom, top = logits.detach().aminmax(dim=-1, keepdim=True)
+    if bool(((top - bottom) > 600).any()):
+        return segment_logsumexp(logits, check.lo, check.hi)
+    mass = subtree_sums(torch.exp((logits - top).double()), check.jumps)
+    return (mass.log() + top.double()).to(logits.dtype)
+
+
+def describe_invalid(parent: torch.Tensor) -> str:
+    """Why some parent array [..., n] in the batch is not a binary tree with in-order
+    0..n-1 (for the error message; :func:`check_parent_array` decides validity)."""
+    n = parent.shape[-1]
+    index = torch.arange(n, device=parent.device)
+    if bool(((parent < -1) | (parent >= n) | (parent == index)).any()):
+        return f"trace holds parents outside -1..{n - 1} or a node that is its own parent"
+    roots = (parent < 0).sum(-1)
+    if bool((roots != 1).any()):
+        return f"trace must have exactly one root (parent -1), found {int(roots[roots != 1][0])}"
+    slot = 2 * (parent + 1) + (index > parent).long()
+    counts = torch.zeros(parent.shape[:-1] + (2 * (n + 1),), dtype=torch.long, device=parent.device)
+    if bool((counts.scatter_add(-1, slot, torch.ones_like(parent)) > 1).any()):
+        return "trace gives a node two left or two right children"
+    return (
+        "trace does not belong to this distribution (a cycle, or a subtree that is not a "
+        "contiguous segment of 0..n-1 around its root)"
+    )
 
 
 class SegmentRecursion(spec.Recursion):
@@ -252,28 +325,18 @@ class BinaryTree(StructuredDistribution):
         return child_to_parent.transpose(-1, -2)
 
     # ------------------------------------------------------------------ traces
-    def _segments(self, trace) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate ``trace``; return (lo, hi), each [..., n]: node v's segment is lo_v..hi_v."""
+    def _checked(self, trace) -> TreeCheck:
+        """Validate ``trace``; its check holds node v's segment lo_v..hi_v and the jump tables."""
         name, n = type(self).__name__, self.n
         lead = self._trace_lead_shape(trace, (n,))
-        check = check_parent_array(trace.expand(lead + (n,)))
-        if check.out_of_range.any():
-            raise ValueError(f"{name}: trace holds parents outside -1..{n - 1} or a node that is its own parent")
-        if (check.root_count != 1).any():
-            bad = int(check.root_count[check.root_count != 1][0])
-            raise ValueError(f"{name}: trace must have exactly one root (parent -1), found {bad}")
-        if check.shared_side.any():
-            raise ValueError(f"{name}: trace gives a node two left or two right children")
-        if check.not_in_order.any():
-            raise ValueError(
-                f"{name}: trace does not belong to this distribution (a cycle, or a subtree that is "
-                "not a contiguous segment of 0..n-1 around its root)"
-            )
-        return check.lo, check.hi
+        trace = trace.expand(lead + (n,))
+        check = check_parent_array(trace)
+        if not bool(check.valid.all()):
+            raise ValueError(f"{name}: {describe_invalid(trace)}")
+        return check
 
     def trace_log_prob(self, trace):
-        lo, hi = self._segments(trace)
-        return (self.logits - segment_logsumexp(self.logits, lo, hi)).sum(-1)
+        return (self.logits - subtree_logsumexp(self.logits, self._checked(trace))).sum(-1)
 
     def log_prob(self, x):
         return self.trace_log_prob(x)
@@ -282,15 +345,16 @@ class BinaryTree(StructuredDistribution):
         """E | T: E_v = sum of d_u over the segments S(u) that contain v (those of v and of
         its ancestors), with independent d_u ~ Exp(sum_{j in S(u)} lambda_j). Every node is
         chosen, so none gets fresh noise."""
-        lo, hi = self._segments(trace)
-        log_norm = segment_logsumexp(self.logits, lo, hi)
+        check = self._checked(trace)
+        log_norm = subtree_logsumexp(self.logits, check)
         step = scale_exponential(unit_exponential(log_norm.shape, log_norm, generator), log_norm)
-        return path_sums(step, trace)
+        return path_sums(step, trace, check.jumps)
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:
         """n draws, one per node: node v is chosen from its segment (the order of the draws
         does not change the sums). O(n^2) memory per sample; the paths above avoid it."""
-        lo, hi = self._segments(trace)
+        check = self._checked(trace)
+        lo, hi = check.lo, check.hi
         index = torch.arange(self.n, device=lo.device)
         segment = (index >= lo.unsqueeze(-1)) & (index <= hi.unsqueeze(-1))
         chosen = index.expand(lo.shape)
