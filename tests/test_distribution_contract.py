@@ -243,12 +243,14 @@ def test_runs_on_cuda(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fast_trace_log_prob_equals_the_generic_draw_set_path(name):
-    """Each structure's fast log P(T) (pool exit times, segment tables, batched owner sets)
-    equals the base class's per-draw candidate masks, in value and gradient."""
+@pytest.mark.parametrize("scale", [1.0, 400.0])  # 400: logits spread over more than 600 nats
+def test_fast_trace_log_prob_equals_the_generic_draw_set_path(name, scale):
+    """Each structure's fast log P(T) (pool exit times, subtree sums, batched owner sets)
+    equals the base class's per-draw candidate masks, in value and gradient, also where the
+    logits are too spread out for one float64 shift and the fast paths work in log space."""
     from rgbench.distributions.base import StructuredDistribution
 
-    dist = make(name, 7, batch_shape=(2,), seed=2)
+    dist = make(name, 7, batch_shape=(2,), seed=2, scale=scale)
     logits = dist.logits.clone().requires_grad_()
     dist = type(dist)(logits, **CASES[name][0](7))
     trace = dist.sample_with_trace((5,), generator=torch.Generator().manual_seed(1)).trace

@@ -56,20 +56,45 @@ def log_normalizers(logits: torch.Tensor, usable: torch.Tensor | None, pool: Poo
     """log Z_s for s = 0..S-1, shape [..., S]; differentiable w.r.t. ``logits`` [..., K].
 
     ``usable`` [..., K] bool marks the variables that exist (``None``: all of them; callers
-    that know this skip two masking passes over the K variables).
-    Exact and underflow-safe: each bin of the histogram is summed relative to its own
-    maximum, then the bins are combined by a log-sum-exp scan.
+    that know this skip the masking passes over the K variables).
+    Z_s sums the histogram of the rates over the exit-time bins t > s. Where the usable
+    logits of every row span at most 600 nats, the histogram is taken in float64 relative
+    to the row maximum (sums of positive terms: exact to float64 rounding, and nothing
+    underflows) and Z is its reversed cumulative sum. Wider rows switch to log space: each
+    bin summed relative to its own maximum, then a log-sum-exp scan.
     """
-    steps = pool.chosen.shape[-1]
-    bins = pool.exit_time
+    bins, steps = pool.exit_time, pool.chosen.shape[-1]
+    if steps == 0:
+        return logits.new_zeros(bins.shape[:-1] + (0,))
+    values = logits.detach().expand(bins.shape)
     if usable is None:
-        logits = logits.expand(bins.shape)
+        bottom, top = values.aminmax(dim=-1, keepdim=True)
     else:
         bins = torch.where(usable, bins, torch.zeros_like(bins))
-        logits = logits.expand(bins.shape)
+        top = torch.where(usable, values, -torch.inf).amax(-1, keepdim=True)
+        bottom = torch.where(usable, values, top).amin(-1, keepdim=True)
+    if bool(((top - bottom) > 600).any()):
+        return _log_normalizers_by_bin(logits, usable, bins, steps)
+    top = top.nan_to_num(neginf=0.0)  # no usable variable: every rate is 0 anyway
+    shifted = (logits - top).double()
+    if usable is not None:
+        shifted = torch.where(usable, shifted, -torch.inf)
+    hist_shape = bins.shape[:-1] + (steps + 1,)
+    mass = torch.zeros(hist_shape, dtype=torch.float64, device=logits.device)
+    mass = mass.scatter_add(-1, bins, shifted.exp().expand(bins.shape))
+    # Z_s collects the bins t > s. Z_s holds the variable chosen at step s, so it is > 0.
+    tails = mass[..., 1:].flip(-1).cumsum(-1).flip(-1)
+    return (tails.log() + top.double()).to(logits.dtype)
+
+
+def _log_normalizers_by_bin(logits: torch.Tensor, usable: torch.Tensor | None, bins: torch.Tensor, steps: int):
+    """:func:`log_normalizers` in log space, for logits too spread out for one shift: every
+    bin of the histogram is summed relative to its own maximum (so none underflows), then
+    the bins are combined by a log-sum-exp scan. ``bins``: exit times, 0 where unusable."""
+    logits = logits.expand(bins.shape)
+    if usable is not None:
         logits = torch.where(usable, logits, torch.full_like(logits, -torch.inf))
     hist_shape = bins.shape[:-1] + (steps + 1,)
-    # Per-bin log-sum-exp, shifted by the bin's own maximum so no bin underflows.
     peak = torch.full(hist_shape, -torch.inf, dtype=logits.dtype, device=logits.device)
     peak = peak.scatter_reduce(-1, bins, logits.detach(), "amax").nan_to_num(neginf=0.0)
     # exp_ in place: the subtraction's backward does not need its output (one K-sized
@@ -101,15 +126,13 @@ def pool_noise_given_trace(
     # offset[t] = sum_{q < t} d_q, t = 0..S
     offset = torch.cat([torch.zeros_like(steps[..., :1]), steps.cumsum(-1)], -1)
     total = offset.gather(-1, pool.exit_time)
-    chosen = torch.zeros(total.shape, dtype=torch.bool, device=total.device).scatter(-1, pool.chosen, True)
     fresh_unit = unit_exponential(total.shape, logits, generator)
-    if usable is None:
-        fresh = scale_exponential(fresh_unit, logits)
-        return torch.where(chosen, total, total + fresh)
-    safe = torch.where(usable, logits, torch.zeros_like(logits))
-    fresh = scale_exponential(fresh_unit, safe)
-    noise = torch.where(chosen, total, total + fresh)
-    return torch.where(usable, noise, torch.full_like(noise, torch.inf))
+    safe = logits if usable is None else torch.where(usable, logits, torch.zeros_like(logits))
+    # Everything gets fresh noise, then the chosen variables (S per row) are set back to
+    # their total: far cheaper than a torch.where over all K variables on the CPU.
+    noise = total + scale_exponential(fresh_unit, safe)
+    noise.scatter_(-1, pool.chosen, total.gather(-1, pool.chosen))
+    return noise if usable is None else noise.masked_fill(~usable, torch.inf)
 
 
 def check_pool_trace(pool: PoolTrace, usable: torch.Tensor | None, name: str) -> None:
