@@ -149,18 +149,38 @@ class TopK(StructuredDistribution):
         distinct = (ordered[..., 1:] != ordered[..., :-1]).all()
         if not bool((picked > -torch.inf).all() & distinct):
             raise ValueError(f"{type(self).__name__}: trace does not belong to this distribution (repeated or unusable items)")
-        # Z_r = (rate of items never picked) + (rates of picks r, r+1, ...): a reversed cumulative lse.
+        return trace, picked, self._log_normalizers(trace, picked)
+
+    def _log_normalizers(self, trace: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+        """log Z_r [..., k] for checked picks: Z_r = (rate of the items never picked) +
+        (rates of picks r, r+1, ...).
+
+        Where the logits are finite and each row spans at most 80 nats (600 in float64),
+        the rates are taken relative to the row maximum (in at least float32; exp of the
+        span stays a normal number), the unpicked mass is one masked sum and the picks'
+        tails a float64 reversed cumulative sum. Otherwise in log space (a log-sum-exp over
+        the unpicked items with -inf at the picks, several times slower on the CPU, where
+        exp of -inf or of a denormal result takes a slow path)."""
+        logits = self.logits
+        compute = torch.promote_types(logits.dtype, torch.float32)
+        if self._all_finite:
+            bottom, top = logits.detach().aminmax(dim=-1, keepdim=True)
+            if not bool(((top - bottom) > (600 if compute == torch.float64 else 80)).any()):
+                rates = torch.exp((logits - top).to(compute)).expand(trace.shape[:-1] + (self.n,))
+                rest = rates.scatter(-1, trace, 0.0).sum(-1, keepdim=True).double()
+                tails = rates.gather(-1, trace).double().flip(-1).cumsum(-1).flip(-1) + rest
+                return (tails.log() + top.double()).to(logits.dtype)
         log_norm = reverse_logcumsumexp(picked)
         if self.k < self.n:  # with k = n nothing is left over (and an empty lse has NaN second derivatives)
             # The picks set to -inf leave exactly the unpicked usable items (unusable ones are -inf).
-            rest = logits.scatter(-1, trace, -torch.inf)
+            rest = logits.expand(trace.shape[:-1] + (self.n,)).scatter(-1, trace, -torch.inf)
             if self._nothing_left is None:
                 log_rest = torch.logsumexp(rest, -1, keepdim=True)
             else:  # an all -inf row would give NaN gradients: sum zeros there, then read -inf
                 log_rest = torch.logsumexp(rest.masked_fill(self._nothing_left, 0.0), -1, keepdim=True)
                 log_rest = log_rest.masked_fill(self._nothing_left, -torch.inf)
             log_norm = torch.logaddexp(log_rest, log_norm)
-        return trace, picked, log_norm
+        return log_norm
 
     def trace_log_prob(self, trace):
         _, picked, log_norm = self._prefix(trace)
