@@ -134,6 +134,7 @@ class StructuredDistribution(Distribution):
         # the minimum; _all_finite lets the usable mask and the finiteness checks skip theirs.
         low, high = torch.aminmax(logits.detach()) if logits.numel() else (logits.new_zeros(()),) * 2
         self._logits_min, top = torch.stack([low, high]).tolist()
+        self._logits_max = top
         self._all_finite = self._logits_min > -torch.inf
         if not top < torch.inf:  # NaN fails too
             where = tuple((~(logits < torch.inf)).nonzero()[0].tolist())
@@ -203,14 +204,30 @@ class StructuredDistribution(Distribution):
         return self._all_finite and bool(self._structural_mask().all())
 
     @cached_property
+    def _noise_limit(self) -> float:
+        """L with exp(L) times the largest Exp(1) draw of ``unit_exponential``, -log(eps / 2),
+        below the dtype's maximum, with 2 nats to spare."""
+        info = torch.finfo(self.logits.dtype)
+        return math.log(info.max) - math.log(-math.log(info.eps / 2)) - 2.0
+
+    @cached_property
     def _finite_noise(self) -> bool:
         """Whether sampled noise surely stays below the cap of :func:`scale_exponential`:
-        every logit l has exp(-l) times the largest Exp(1) draw of ``unit_exponential``,
-        -log(eps / 2), below the dtype's maximum, with 2 nats to spare (a -inf logit fails,
-        whatever the structure does with it)."""
-        info = torch.finfo(self.logits.dtype)
-        limit = math.log(info.max) - math.log(-math.log(info.eps / 2)) - 2.0
-        return self._logits_min > -limit
+        every logit is above -L (:attr:`_noise_limit`; a -inf logit fails, whatever the
+        structure does with it)."""
+        return self._logits_min > -self._noise_limit
+
+    @cached_property
+    def _moderate_logits(self) -> bool:
+        """Whether every logit lies in (-L, L) (:attr:`_noise_limit`): then exp(-logits) is
+        a normal float and Exp(1) draws times it stay finite, so sampled noise can be one
+        multiplication (one pass over the draws instead of log, subtract and exp)."""
+        return self._finite_noise and self._logits_max < self._noise_limit
+
+    @cached_property
+    def _inverse_rates(self) -> torch.Tensor:
+        """exp(-logits), detached (used where :attr:`_moderate_logits`)."""
+        return torch.exp(-self.logits.detach())
 
     @cached_property
     def _flat_logits(self) -> torch.Tensor:
@@ -260,12 +277,15 @@ class StructuredDistribution(Distribution):
 
         Takes ownership of ``unit`` (it may be overwritten)."""
         if not (self.logits.requires_grad and torch.is_grad_enabled()):
-            # In place, same values as scale_exponential (the cap is a no-op unless a logit
-            # is low enough for the draws to overflow).
-            noise = unit.log_().sub_(self.logits)
-            if not self._finite_noise:
-                noise.clamp_(max=_log_max(noise.dtype))
-            noise.exp_()
+            # In place, the values of scale_exponential up to rounding (its cap is a no-op
+            # unless a logit is low enough for the draws to overflow).
+            if self._moderate_logits:
+                noise = unit.mul_(self._inverse_rates)
+            else:
+                noise = unit.log_().sub_(self.logits)
+                if not self._finite_noise:
+                    noise.clamp_(max=_log_max(noise.dtype))
+                noise.exp_()
             return noise if self._all_usable else noise.masked_fill_(~self._usable, torch.inf)
         if self._all_usable:
             return scale_exponential(unit, self.logits)

@@ -501,6 +501,8 @@ class SpanningTree(StructuredDistribution):
         usable = self._edge_usable
         unit = unit_exponential(torch.Size(sample_shape) + usable.shape, edge_logits.detach(), generator)
         if self._complete:
+            if self._moderate_logits and not (edge_logits.requires_grad and torch.is_grad_enabled()):
+                return unit.mul_(torch.exp(-edge_logits.detach()))  # see _moderate_logits
             return scale_exponential(unit, edge_logits)
         safe = torch.where(usable, edge_logits, torch.zeros_like(edge_logits))
         return torch.where(usable, scale_exponential(unit, safe), torch.inf)
