@@ -18,6 +18,7 @@ from scipy import stats
 
 from rgbench import distributions
 from rgbench.distributions import StructuredDistribution
+from rgbench.distributions import spanning_tree
 from rgbench.distributions.spanning_tree import SpanningTree, merge_times
 
 
@@ -411,6 +412,37 @@ def test_merge_times_match_union_find_at_n50():
     for b, trace in enumerate(traces):
         table = python_merge_times(trace, n)
         assert times[b].tolist() == [table[i][j] for i, j in combinations(range(n), 2)]
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 50])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_solved_traces_score_exactly_like_replayed_ones(n, dtype):
+    """A trace that solve returned is scored from Prim's order (no replay): the merge times
+    equal the union-find ones, and log P(T), its gradient and E | T equal those of a copy
+    of the trace, which the memo does not know."""
+    logits = SpanningTree.random_logits(n, (4,), generator=torch.Generator().manual_seed(n), dtype=dtype)
+    dist = SpanningTree(logits.requires_grad_())
+    trace = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(1)).trace
+    n_known, position, gap = spanning_tree._SOLVED.get(trace)
+    assert n_known == n and spanning_tree._SOLVED.get(trace.clone()) is None
+    tables = [python_merge_times(t, n) for t in trace.reshape(-1, n - 1, 2).tolist()]
+    expected = torch.tensor([[table[i][j] for i, j in combinations(range(n), 2)] for table in tables])
+    assert torch.equal(spanning_tree._range_max(gap, position, n).reshape(expected.shape), expected)
+    solved, replayed = dist.trace_log_prob(trace), dist.trace_log_prob(trace.clone())
+    assert torch.equal(solved, replayed)
+    (grad_solved,) = torch.autograd.grad(solved.sum(), logits)
+    (grad_replayed,) = torch.autograd.grad(replayed.sum(), logits)
+    assert torch.equal(grad_solved, grad_replayed)
+    noise = [dist.noise_given_trace(t, torch.Generator().manual_seed(2)) for t in (trace, trace.clone())]
+    assert torch.equal(*noise)
+
+
+def test_a_solved_trace_edited_in_place_is_checked_again():
+    dist = SpanningTree(SpanningTree.random_logits(6, generator=torch.Generator().manual_seed(0)))
+    trace = dist.sample_with_trace().trace
+    trace[1] = trace[0]  # the same edge twice: a cycle
+    with pytest.raises(ValueError, match="inside one component"):
+        dist.trace_log_prob(trace)
 
 
 def test_merge_times_flag_a_cycle_without_failing():

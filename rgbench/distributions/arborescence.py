@@ -26,7 +26,6 @@ super-nodes are tracked by label (their smallest node), so the result is always 
 from __future__ import annotations
 
 import math
-import weakref
 from functools import cached_property
 from typing import Iterator, NamedTuple
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
+from rgbench.distributions.solved import SolvedTraces
 
 
 class ArborescenceTrace(NamedTuple):
@@ -179,48 +179,9 @@ def _batched_cycles(comp: torch.Tensor, pick_tail: torch.Tensor, labels: torch.T
     return on_cycle, torch.where(on_cycle, low, labels)
 
 
-class _SolvedTraces:
-    """Traces that :meth:`Arborescence.solve` returned, by tensor identity and version
-    counter, so scoring them skips the structural replay. Entries die with the tensors;
-    any in-place change bumps ``_version`` and voids the entry."""
-
-    def __init__(self):
-        self._entries: dict[tuple[int, int], tuple] = {}
-
-    @staticmethod
-    def _versions(trace) -> tuple[int, int] | None:
-        try:
-            return trace[0]._version, trace[1]._version
-        except RuntimeError:  # inference tensors have no version counter: never memoised
-            return None
-
-    def add(self, trace: ArborescenceTrace, n: int, root: int) -> None:
-        versions = self._versions(trace)
-        if versions is None:
-            return
-        key = (id(trace.edges), id(trace.members))
-
-        def drop(_, key=key):
-            self._entries.pop(key, None)
-
-        refs = (weakref.ref(trace.edges, drop), weakref.ref(trace.members, drop))
-        self._entries[key] = (refs, versions, n, root)
-
-    def __contains__(self, item) -> bool:
-        trace, n, root = item
-        entry = self._entries.get((id(trace[0]), id(trace[1])))
-        if entry is None:
-            return False
-        (edges, members), versions, known_n, known_root = entry
-        return (
-            edges() is trace[0]
-            and members() is trace[1]
-            and versions == self._versions(trace)
-            and (known_n, known_root) == (n, root)
-        )
-
-
-_SOLVED = _SolvedTraces()
+# Traces that solve returned, with the (n, root) they were solved for: scoring them skips
+# the structural replay.
+_SOLVED = SolvedTraces()
 
 
 class _Level(NamedTuple):
@@ -515,7 +476,7 @@ class Arborescence(StructuredDistribution):
         x = self._expand(levels, tail0)
         trace = self._assemble(levels, tail0)
         trace = ArborescenceTrace(*(t.reshape(lead + t.shape[1:]) for t in trace))
-        _SOLVED.add(trace, n, root)
+        _SOLVED.add(trace, (n, root))
         return x.reshape(lead + (n,)), trace
 
     def _assemble(self, levels: list[_Level], tail0: torch.Tensor) -> ArborescenceTrace:
@@ -626,7 +587,7 @@ class Arborescence(StructuredDistribution):
         more = contracted.scatter(-1, head[:, n - 1 :].unsqueeze(-1), False).any(-1)
         errors[:, n - 1 :] |= active[:, n - 1 :] & (contracted[..., self.root] | ~more)
         bad = errors.any(1)
-        if (trace, n, self.root) not in _SOLVED:
+        if _SOLVED.get(trace) != (n, self.root):
             bad = bad | self._replay_errors(edges, members, active)
         if bool(bad.any()):
             raise ValueError(

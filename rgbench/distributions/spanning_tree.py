@@ -39,8 +39,11 @@ from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
+from rgbench.distributions.solved import SolvedTraces
 
 _INT64_MAX = torch.iinfo(torch.int64).max
+# Traces that solve returned, with (n, position, gap) of the dendrogram order Prim found.
+_SOLVED = SolvedTraces()
 
 
 class KruskalRecursion(spec.Recursion):
@@ -84,17 +87,19 @@ def _edge_ids(n: int, device) -> torch.Tensor:
     return low * n + high
 
 
-def prim_packed(keys: torch.Tensor) -> torch.Tensor:
-    """Dense Prim on int64 edge keys ``[..., n, n]`` (symmetric, all distinct among edges;
-    ``_INT64_MAX`` marks a missing edge). Returns the keys of the n - 1 tree edges
-    ``[..., n-1]`` in the order Prim adds them (not Kruskal's).
+def prim_packed(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense Prim from node 0 on int64 edge keys ``[..., n, n]`` (symmetric, all distinct
+    among edges; ``_INT64_MAX`` marks a missing edge). Returns the keys of the n - 1 tree
+    edges and the nodes they add, each ``[..., n-1]``, in the order Prim adds them (not
+    Kruskal's).
 
     Cost: n - 1 steps of six O(n) vector operations per sample.
     """
     n = keys.shape[-1]
     lead = keys.shape[:-2]
     if n <= 1 or keys.numel() == 0:
-        return torch.zeros(lead + (max(n - 1, 0),), dtype=torch.long, device=keys.device)
+        empty = torch.zeros(lead + (max(n - 1, 0),), dtype=torch.long, device=keys.device)
+        return empty, empty.clone()
     # Rows of all samples stacked: the new node's row is one index_select of contiguous rows
     # (several times cheaper than a batched gather).
     rows = keys.reshape(-1, n)
@@ -106,15 +111,16 @@ def prim_packed(keys: torch.Tensor) -> torch.Tensor:
     floor = torch.full((batch, n), torch.iinfo(torch.int64).min, dtype=torch.long, device=keys.device)
     floor[:, 0] = _INT64_MAX
     best = torch.maximum(rows[::n], floor)
-    picks = []
+    picks, nodes = [], []
     for _ in range(n - 1):
         key, node = best.min(-1)
         picks.append(key)
+        nodes.append(node)
         floor.scatter_(-1, node.unsqueeze(-1), _INT64_MAX)
         row = rows.index_select(0, node + base)
         torch.minimum(best, row, out=best)
         torch.maximum(best, floor, out=best)
-    return torch.stack(picks, -1).reshape(lead + (n - 1,))
+    return torch.stack(picks, -1).reshape(lead + (n - 1,)), torch.stack(nodes, -1).reshape(lead + (n - 1,))
 
 
 def prim_two_keys(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +128,8 @@ def prim_two_keys(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tenso
 
     ``weights`` [..., n, n] symmetric (+inf for missing edges), ``ids`` [..., n, n] long,
     distinct per edge and larger for missing edges than for real ones. Returns the tree edges'
-    (weights, ids), each ``[..., n-1]``, in the order Prim adds them. Cost: as
-    :func:`prim_packed`, with about three times as many vector operations per step.
+    (weights, ids) and the nodes they add, each ``[..., n-1]``, in the order Prim adds them.
+    Cost: as :func:`prim_packed`, with about three times as many vector operations per step.
     """
     n = weights.shape[-1]
     lead = torch.broadcast_shapes(weights.shape[:-2], ids.shape[:-2])
@@ -131,7 +137,7 @@ def prim_two_keys(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tenso
     best_w, best_id = weights[..., 0, :], ids[..., 0, :]
     done = torch.zeros(lead + (n,), dtype=torch.bool, device=weights.device)
     done[..., 0] = True
-    picked_w, picked_id = [], []
+    picked_w, picked_id, nodes = [], [], []
     for _ in range(n - 1):
         masked = best_w.masked_fill(done, torch.inf)
         low = masked.amin(-1, keepdim=True)
@@ -139,6 +145,7 @@ def prim_two_keys(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tenso
         edge, node = torch.where(tied, best_id, _INT64_MAX).min(-1, keepdim=True)
         picked_w.append(low)
         picked_id.append(edge)
+        nodes.append(node)
         done.scatter_(-1, node, True)
         index = node.unsqueeze(-1).expand(lead + (1, n))
         row_w, row_id = weights.gather(-2, index).squeeze(-2), ids.gather(-2, index).squeeze(-2)
@@ -146,8 +153,8 @@ def prim_two_keys(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tenso
         best_w, best_id = torch.where(better, row_w, best_w), torch.where(better, row_id, best_id)
     if not picked_w:
         empty = torch.zeros(lead + (0,), dtype=torch.long, device=weights.device)
-        return empty.to(weights.dtype), empty
-    return torch.cat(picked_w, -1), torch.cat(picked_id, -1)
+        return empty.to(weights.dtype), empty, empty.clone()
+    return torch.cat(picked_w, -1), torch.cat(picked_id, -1), torch.cat(nodes, -1)
 
 
 def _ordered_bits(values: torch.Tensor) -> torch.Tensor:
@@ -180,6 +187,17 @@ def merge_times(trace: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor
     positions: a range maximum, read from a sparse table (:func:`_range_max`).
     Cost: O(n^2) time and memory per sample.
     """
+    position, gap, joins = dendrogram_order(trace, n)
+    return _range_max(gap, position, n), joins
+
+
+def dendrogram_order(trace: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A leaf order of Kruskal's dendrogram for ``trace`` [..., n-1, 2]: ``position``
+    [..., n] of every node, ``gap`` [..., n] with gap[p] the step + 1 that joined the
+    nodes at positions p - 1 and p (gap[0] = 0), so that the merge time of two nodes is the
+    largest gap between their positions; and ``joins`` [...] (see :func:`merge_times`).
+    O(n) vector operations of size O(n) per step, then log2 n pointer-jumping rounds.
+    """
     lead = trace.shape[:-2]
     device = trace.device
     nodes = torch.arange(n, device=device).expand(lead + (n,))
@@ -193,9 +211,9 @@ def merge_times(trace: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor
         label = torch.where(label == first[..., 1:], first_a, label)
         firsts.append(first)
         lasts_a.append(end[..., :1])
-    if not firsts:
-        empty = torch.zeros(lead + (0,), dtype=torch.long, device=device)
-        return empty, torch.ones(lead, dtype=torch.bool, device=device)
+    if not firsts:  # a single node
+        zero = torch.zeros(lead + (n,), dtype=torch.long, device=device)
+        return zero, zero, torch.ones(lead, dtype=torch.bool, device=device)
     first = torch.stack(firsts, -2)  # [..., n-1, 2]
     first_a, first_b = first.unbind(-1)
     joins = (first_a != first_b).all(-1)
@@ -212,7 +230,26 @@ def merge_times(trace: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor
     position = (n - 1 - to_tail).clamp(0, n - 1)
     at = torch.zeros_like(position).scatter_(-1, position, nodes)
     gap = boundary.gather(-1, at)  # gap[p]: time of the boundary between positions p - 1 and p
-    return _range_max(gap, position, n), joins
+    return position, gap, joins
+
+
+def prim_order(nodes: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The leaf order of :func:`dendrogram_order` from a Prim run instead of a replay:
+    ``nodes`` [..., n-1] in the order Prim added them after node 0, ``step`` [..., n-1] the
+    Kruskal step of the edge that added each. Returns (position, gap), each [..., n].
+
+    Prim's order is a valid leaf order (the order of an OPTICS reachability plot): the
+    nodes between two positions p < q were all reached from the first p + 1 nodes through
+    edges no later than the largest step among them, so that step is the merge time of the
+    nodes at p and q. O(n) per sample.
+    """
+    lead, n = nodes.shape[:-1], nodes.shape[-1] + 1
+    start = nodes.new_zeros(lead + (1,))
+    order = torch.cat([start, nodes], -1)
+    index = torch.arange(n, device=nodes.device).expand(order.shape)
+    return torch.empty_like(order).scatter_(-1, order, index), torch.cat([start, step + 1], -1)
+
+
 
 
 def _range_max(gap: torch.Tensor, position: torch.Tensor, n: int) -> torch.Tensor:
@@ -325,7 +362,7 @@ class SpanningTree(StructuredDistribution):
             return  # a complete graph is connected
         edges = self._usable | self._usable.transpose(-1, -2)
         keys = torch.where(edges, _edge_ids(self.n, logits.device), _INT64_MAX)
-        reached = (prim_packed(keys) < _INT64_MAX).sum(-1) + 1
+        reached = (prim_packed(keys)[0] < _INT64_MAX).sum(-1) + 1
         if bool((reached < self.n).any()):
             first = tuple(int(i) for i in (reached < self.n).nonzero()[0])
             raise ValueError(
@@ -402,19 +439,25 @@ class SpanningTree(StructuredDistribution):
         n = self.n
         if values.dtype == torch.float64:
             weights = self._symmetric(values)
-            _, key = prim_two_keys(weights, self._edge_keys)
+            _, ids, nodes = prim_two_keys(weights, self._edge_keys)
             # Kruskal's order: by E, ties by flat index (a stable sort after sorting the ids).
-            key = key.sort(-1).values
+            key, by_id = ids.sort(-1)
             w = weights.flatten(-2).gather(-1, key)
-            key = key.gather(-1, w.sort(dim=-1, stable=True).indices)
+            by_value = w.sort(dim=-1, stable=True).indices
+            key, prim_step = key.gather(-1, by_value), by_id.gather(-1, by_value)
         else:
             # Pack (E, index) into one int64 whose order is lexicographic: E's order-preserving
             # bits above, the index (< 2^32) below. float16/bfloat16 widen to float32 exactly.
             # torch.add computes in int64, so bits * 2^32 does not overflow.
             bits = values.float().view(torch.int32) if nonnegative else _ordered_bits(values.float())
             packed = torch.add(self._slot_keys, bits, alpha=2**32)
-            key = prim_packed(self._symmetric(packed)).sort(-1).values & 0xFFFFFFFF
+            keys, nodes = prim_packed(self._symmetric(packed))
+            key, prim_step = keys.sort(-1)
+            key = key & 0xFFFFFFFF
         trace = torch.stack([key // n, key % n], -1)
+        # Remember the dendrogram order Prim found, so scoring this trace skips the replay.
+        steps = torch.arange(n - 1, device=key.device).expand(key.shape)
+        _SOLVED.add(trace, (n, *prim_order(nodes, torch.empty_like(steps).scatter_(-1, prim_step, steps))))
         ordered = key.sort(-1).values
         return torch.stack([ordered // n, ordered % n], -1), trace
 
@@ -464,13 +507,18 @@ class SpanningTree(StructuredDistribution):
     def _pool(self, trace) -> PoolTrace:
         """Exit times of all edges: M_e = merge time of e's endpoints (see :func:`merge_times`)."""
         name, n = type(self).__name__, self.n
+        solved = _SOLVED.get(trace)
         trace = self._check_trace(trace)
         chosen = self._edge_slot(trace[..., 0], trace[..., 1])
         usable = self._pool_usable
         on_graph = True
         if usable is not None:
             on_graph = usable.expand(chosen.shape[:-1] + usable.shape[-1:]).gather(-1, chosen).all()
-        times, joins = merge_times(trace, n)
+        if solved is not None and solved[0] == n:  # a trace solve returned, unchanged
+            shape = trace.shape[:-2] + (n,)
+            times, joins = _range_max(solved[2].expand(shape), solved[1].expand(shape), n), torch.tensor(True)
+        else:
+            times, joins = merge_times(trace, n)
         if not bool(on_graph & joins.all()):
             reason = "an edge inside one component (a repeat or a cycle)"
             if not bool(on_graph):
