@@ -49,7 +49,8 @@ def _entry_keys(values: torch.Tensor, nonnegative: bool = False) -> tuple[torch.
         # For negative keys more low bits mean more negative: store mask - index there, so
         # ties still go to the lowest index. (bits >> 63) is all ones exactly for negatives.
         flat = flat ^ ((bits >> 63) & (2**index_bits - 1))
-    return (bits | flat).view(torch.float64), index_bits
+    # In place: bits is a fresh n x n buffer (a second one costs its page faults on the CPU).
+    return bits.bitwise_or_(flat).view(torch.float64), index_bits
 
 
 def _key_index(keys: torch.Tensor, index_bits: int) -> torch.Tensor:
@@ -119,8 +120,9 @@ def greedy_match(noise: torch.Tensor, nonnegative: bool = False) -> tuple[torch.
         rows, row_pad = _compaction(row_free, size)
         cols, col_pad = _compaction(col_free, size)
         m = key.shape[-1]
-        key = key.gather(-2, rows.unsqueeze(-1).expand(batch, size, m))
-        key = key.gather(-1, cols.unsqueeze(-2).expand(batch, size, size))
+        # One gather of the kept (row, column) cells rather than rows, then columns.
+        cells = (rows * m).unsqueeze(-1) + cols.unsqueeze(-2)
+        key = key.reshape(batch, m * m).gather(-1, cells.view(batch, size * size)).view(batch, size, size)
         key.masked_fill_(row_pad.unsqueeze(-1) | col_pad.unsqueeze(-2), torch.inf)
         row_id = torch.where(row_pad, -1, row_id.gather(-1, rows))
         col_id = torch.where(col_pad, -1, col_id.gather(-1, cols))
