@@ -302,6 +302,31 @@ def test_subtree_logsumexp_matches_masked_logsumexp(scale):
     assert torch.autograd.gradcheck(lambda l: subtree_logsumexp(l, check), (small,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_solved_trees_score_exactly_like_validated_ones(dtype):
+    """A tree that solve returned skips validation (its segments come from the sampler):
+    log P(T), its gradient, E | T and the segments equal those of a copy of the tree."""
+    dist = random_dist(40, batch_shape=(4,), seed=13, dtype=dtype, requires_grad=True)
+    trace = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(1)).trace
+    copy = trace.clone()
+    solved, checked = dist._checked(trace), dist._checked(copy)
+    assert torch.equal(solved.lo, checked.lo) and torch.equal(solved.hi, checked.hi)
+    scores = dist.trace_log_prob(trace), dist.trace_log_prob(copy)
+    assert torch.equal(*scores)
+    grads = [torch.autograd.grad(score.sum(), dist.logits)[0] for score in scores]
+    assert torch.equal(*grads)
+    noise = [dist.noise_given_trace(t, torch.Generator().manual_seed(2)) for t in (trace, copy)]
+    assert torch.equal(*noise)
+
+
+def test_a_solved_tree_edited_in_place_is_validated_again():
+    dist = random_dist(6, seed=14)
+    trace = dist.sample()
+    trace[trace == -1] = 0 if trace[0] != -1 else 1  # the root gets a parent: no root left
+    with pytest.raises(ValueError, match="exactly one root|own parent"):
+        dist.trace_log_prob(trace)
+
+
 def test_large_instance_runs():
     dist = random_dist(1000, batch_shape=(2,), dtype=torch.float32, requires_grad=True)
     trace = dist.sample_with_trace().trace
