@@ -150,3 +150,15 @@ def test_noise_log_prob_stays_finite_for_large_logits():
     assert torch.isfinite(logits.grad).all() and logits.grad[3] == 0
     rate_noise = (logits.detach()[:3].double().exp() * noise[:, :3].double()).sum(0)
     assert torch.allclose(logits.grad[:2].double(), 200 - rate_noise[:2], rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls, args", [(TopK, {"k": 7}), (Permutation, {})])
+def test_solved_picks_score_like_checked_ones_and_edits_are_checked_again(cls, args):
+    """Picks that solve returned skip the distinctness check: log P(T) equals that of a
+    copy; after an in-place edit that repeats an item the check runs again and refuses it."""
+    dist = cls(torch.randn(3, 20, generator=torch.Generator().manual_seed(5)), **args)
+    trace = dist.sample_with_trace((2,), generator=torch.Generator().manual_seed(6)).trace
+    assert torch.equal(dist.trace_log_prob(trace), dist.trace_log_prob(trace.clone()))
+    trace[..., 1] = trace[..., 0]
+    with pytest.raises(ValueError, match="repeated"):
+        dist.trace_log_prob(trace)

@@ -11,6 +11,10 @@ from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import reverse_logcumsumexp
+from rgbench.distributions.solved import SolvedTraces
+
+# Picks that solve returned, with the n they were drawn from (distinct by construction).
+_SOLVED = SolvedTraces()
 
 
 class PlackettLuceRecursion(spec.Recursion):
@@ -122,6 +126,7 @@ class TopK(StructuredDistribution):
 
     def _solve(self, noise):
         trace = torch.topk(noise, self.k, dim=-1, largest=False, sorted=True).indices
+        _SOLVED.add(trace, self.n)  # distinct picks: scoring them skips that check
         return trace.sort(-1).values, trace
 
     def indicator(self, x):
@@ -140,14 +145,18 @@ class TopK(StructuredDistribution):
     def _prefix(self, trace):
         """The picked logits in order [..., k] and log Z_r, the log total rate of the items
         still unpicked at step r [..., k]; checks that the picks are distinct and usable."""
+        solved = _SOLVED.get(trace) == self.n
         trace = self._check_trace(trace)
         logits = self.logits.expand(trace.shape[:-1] + (self.n,))
         picked = logits.gather(-1, trace)
         # Checked on the k picks, not the n items: usable (unusable items are exactly the
-        # -inf logits) and distinct (no two equal neighbours once sorted).
-        ordered = trace.sort(-1).values
-        distinct = (ordered[..., 1:] != ordered[..., :-1]).all()
-        if not bool((picked > -torch.inf).all() & distinct):
+        # -inf logits; another instance's picks may be unusable here) and distinct (no two
+        # equal neighbours once sorted; known for the picks of solve).
+        ok = self._all_finite or bool((picked > -torch.inf).all())
+        if not solved:
+            ordered = trace.sort(-1).values
+            ok = ok and bool((ordered[..., 1:] != ordered[..., :-1]).all())
+        if not ok:
             raise ValueError(f"{type(self).__name__}: trace does not belong to this distribution (repeated or unusable items)")
         return trace, picked, self._log_normalizers(trace, picked)
 
