@@ -162,3 +162,14 @@ def test_solved_picks_score_like_checked_ones_and_edits_are_checked_again(cls, a
     trace[..., 1] = trace[..., 0]
     with pytest.raises(ValueError, match="repeated"):
         dist.trace_log_prob(trace)
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])  # float32 logits spanning < 80 and > 80 nats
+def test_float32_log_prob_matches_float64_on_both_paths(scale):
+    """float32 logits within 80 nats use rates relative to the largest logit, wider ones a
+    log-sum-exp; both agree with float64 (where all these spans take the rate path)."""
+    logits = scale * torch.randn(4, 60, generator=torch.Generator().manual_seed(8))
+    trace = TopK(logits, k=10).sample_with_trace((3,), generator=torch.Generator().manual_seed(9)).trace
+    single = TopK(logits, k=10).trace_log_prob(trace)
+    double = TopK(logits.double(), k=10).trace_log_prob(trace)
+    assert torch.allclose(single.double(), double, rtol=1e-6, atol=1e-4)

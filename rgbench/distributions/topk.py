@@ -164,21 +164,19 @@ class TopK(StructuredDistribution):
         """log Z_r [..., k] for checked picks: Z_r = (rate of the items never picked) +
         (rates of picks r, r+1, ...).
 
-        Where the logits are finite and each row spans at most 80 nats (600 in float64),
-        the rates are taken relative to the row maximum (in at least float32; exp of the
-        span stays a normal number), the unpicked mass is one masked sum and the picks'
-        tails a float64 reversed cumulative sum. Otherwise in log space (a log-sum-exp over
-        the unpicked items with -inf at the picks, several times slower on the CPU, where
-        exp of -inf or of a denormal result takes a slow path)."""
-        logits = self.logits
+        Where the logits are finite and span at most 80 nats (600 in float64), the rates are
+        taken relative to the largest logit (in at least float32, where exp of the span stays
+        a normal number), the unpicked mass is one masked sum and the picks' tails a float64
+        reversed cumulative sum. Otherwise in log space (a log-sum-exp over the unpicked
+        items with -inf at the picks, several times slower on the CPU, where exp of -inf or
+        of a denormal result takes a slow path)."""
+        logits, top = self.logits, self._logits_max  # the extremes were read at construction
         compute = torch.promote_types(logits.dtype, torch.float32)
-        if self._all_finite:
-            bottom, top = logits.detach().aminmax(dim=-1, keepdim=True)
-            if not bool(((top - bottom) > (600 if compute == torch.float64 else 80)).any()):
-                rates = torch.exp((logits - top).to(compute)).expand(trace.shape[:-1] + (self.n,))
-                rest = rates.scatter(-1, trace, 0.0).sum(-1, keepdim=True).double()
-                tails = rates.gather(-1, trace).double().flip(-1).cumsum(-1).flip(-1) + rest
-                return (tails.log() + top.double()).to(logits.dtype)
+        if self._all_finite and top - self._logits_min <= (600 if compute == torch.float64 else 80):
+            rates = torch.exp((logits - top).to(compute)).expand(trace.shape[:-1] + (self.n,))
+            rest = rates.scatter(-1, trace, 0.0).sum(-1, keepdim=True).double()
+            tails = rates.gather(-1, trace).double().flip(-1).cumsum(-1).flip(-1) + rest
+            return (tails.log() + top).to(logits.dtype)
         log_norm = reverse_logcumsumexp(picked)
         if self.k < self.n:  # with k = n nothing is left over (and an empty lse has NaN second derivatives)
             # The picks set to -inf leave exactly the unpicked usable items (unusable ones are -inf).
