@@ -260,3 +260,16 @@ def test_fast_trace_log_prob_equals_the_generic_draw_set_path(name, scale):
     (grad_fast,) = torch.autograd.grad(fast.sum(), logits)
     (grad_generic,) = torch.autograd.grad(generic.sum(), logits)
     assert torch.allclose(grad_fast, grad_generic, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("scale", [1.0, 40.0, 400.0])  # spans of ~5, ~200 and ~2000 nats
+def test_float32_trace_log_prob_matches_float64(name, scale):
+    """The fast paths pick their arithmetic by the logits' span (rates in float32 below 80
+    nats, float64 below 600, log space above); each agrees with float64 logits."""
+    dist = make(name, 7, batch_shape=(3,), seed=3, scale=scale)
+    trace = dist.sample_with_trace((2,), generator=torch.Generator().manual_seed(4)).trace
+    single = type(dist)(dist.logits.float(), **CASES[name][0](7)).trace_log_prob(trace)
+    expected = dist.trace_log_prob(trace)
+    # float32 rounds each logit by up to 6e-8 of its size, over some 2n terms of log P(T).
+    assert torch.allclose(single.double(), expected, rtol=1e-5, atol=1e-6 * scale)

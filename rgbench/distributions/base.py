@@ -229,6 +229,11 @@ class StructuredDistribution(Distribution):
         """exp(-logits), detached (used where :attr:`_moderate_logits`)."""
         return torch.exp(-self.logits.detach())
 
+    @property
+    def _bounds(self) -> tuple[float, float]:
+        """The smallest and the largest logit, read at construction."""
+        return self._logits_min, self._logits_max
+
     @cached_property
     def _flat_logits(self) -> torch.Tensor:
         return self.logits.flatten(-self.logits_event_dim)

@@ -249,10 +249,10 @@ class GreedyMatching(StructuredDistribution):
 
     def trace_log_prob(self, trace):
         # Finite logits (checked at construction): every entry is usable, no masking needed.
-        return pool_log_prob(self._flat_logits, None, self._pool(trace))
+        return pool_log_prob(self._flat_logits, None, self._pool(trace), self._bounds)
 
     def noise_given_trace(self, trace, generator=None):
-        noise = pool_noise_given_trace(self._flat_logits, None, self._pool(trace), generator)
+        noise = pool_noise_given_trace(self._flat_logits, None, self._pool(trace), generator, self._bounds)
         return noise.unflatten(-1, (self.n, self.n))
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:

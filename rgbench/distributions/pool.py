@@ -52,39 +52,55 @@ def reverse_logcumsumexp(x: torch.Tensor) -> torch.Tensor:
     return (tails + top.double()).to(x.dtype)
 
 
-def log_normalizers(logits: torch.Tensor, usable: torch.Tensor | None, pool: PoolTrace) -> torch.Tensor:
+def log_normalizers(
+    logits: torch.Tensor,
+    usable: torch.Tensor | None,
+    pool: PoolTrace,
+    bounds: tuple[float, float] | None = None,
+) -> torch.Tensor:
     """log Z_s for s = 0..S-1, shape [..., S]; differentiable w.r.t. ``logits`` [..., K].
 
     ``usable`` [..., K] bool marks the variables that exist (``None``: all of them; callers
-    that know this skip the masking passes over the K variables).
-    Z_s sums the histogram of the rates over the exit-time bins t > s. Where the usable
-    logits of every row span at most 600 nats, the histogram is taken in float64 relative
-    to the row maximum (sums of positive terms: exact to float64 rounding, and nothing
-    underflows) and Z is its reversed cumulative sum. Wider rows switch to log space: each
-    bin summed relative to its own maximum, then a log-sum-exp scan.
+    that know this skip the masking passes over the K variables). ``bounds``: a lower and
+    an upper bound on the usable logits (the extremes a distribution read at construction),
+    which saves a pass over them; by default each row's own.
+
+    Z_s sums the histogram of the rates over the exit-time bins t > s, taken relative to
+    the upper bound: sums of positive terms, accurate to the rounding of the summation, in
+    the logits' dtype (at least float32) where the logits span at most 80 nats (600 in
+    float64), so that every rate is a normal number, and in float64 up to 600 nats. Z is
+    the histogram's reversed cumulative sum in float64. Wider logits switch to log space:
+    each bin summed relative to its own maximum, then a log-sum-exp scan.
     """
     bins, steps = pool.exit_time, pool.chosen.shape[-1]
     if steps == 0:
         return logits.new_zeros(bins.shape[:-1] + (0,))
-    values = logits.detach().expand(bins.shape)
-    if usable is None:
-        bottom, top = values.aminmax(dim=-1, keepdim=True)
-    else:
+    if usable is not None:
         bins = torch.where(usable, bins, torch.zeros_like(bins))
-        top = torch.where(usable, values, -torch.inf).amax(-1, keepdim=True)
-        bottom = torch.where(usable, values, top).amin(-1, keepdim=True)
-    if bool(((top - bottom) > 600).any()):
+    if bounds is not None:
+        bottom, top = bounds
+        span = top - bottom
+    else:
+        values = logits.detach().expand(bins.shape)
+        if usable is None:
+            bottom, top = values.aminmax(dim=-1, keepdim=True)
+        else:
+            top = torch.where(usable, values, -torch.inf).amax(-1, keepdim=True)
+            bottom = torch.where(usable, values, top).amin(-1, keepdim=True)
+        span = float((top - bottom).nan_to_num(nan=0.0).amax())  # NaN: a row with no usable variable
+        top = top.nan_to_num(neginf=0.0)  # there every rate is 0 anyway
+    if span > 600:
         return _log_normalizers_by_bin(logits, usable, bins, steps)
-    top = top.nan_to_num(neginf=0.0)  # no usable variable: every rate is 0 anyway
-    shifted = (logits - top).double()
+    exact = torch.promote_types(logits.dtype, torch.float32)
+    shifted = (logits - top).to(exact if span <= (600 if exact == torch.float64 else 80) else torch.float64)
     if usable is not None:
         shifted = torch.where(usable, shifted, -torch.inf)
-    hist_shape = bins.shape[:-1] + (steps + 1,)
-    mass = torch.zeros(hist_shape, dtype=torch.float64, device=logits.device)
+    mass = torch.zeros(bins.shape[:-1] + (steps + 1,), dtype=shifted.dtype, device=logits.device)
     mass = mass.scatter_add(-1, bins, shifted.exp().expand(bins.shape))
     # Z_s collects the bins t > s. Z_s holds the variable chosen at step s, so it is > 0.
-    tails = mass[..., 1:].flip(-1).cumsum(-1).flip(-1)
-    return (tails.log() + top.double()).to(logits.dtype)
+    tails = mass[..., 1:].double().flip(-1).cumsum(-1).flip(-1)
+    top = top.double() if isinstance(top, torch.Tensor) else top
+    return (tails.log() + top).to(logits.dtype)
 
 
 def _log_normalizers_by_bin(logits: torch.Tensor, usable: torch.Tensor | None, bins: torch.Tensor, steps: int):
@@ -107,10 +123,16 @@ def _log_normalizers_by_bin(logits: torch.Tensor, usable: torch.Tensor | None, b
     return reverse_logcumsumexp(log_bin[..., 1:])
 
 
-def pool_log_prob(logits: torch.Tensor, usable: torch.Tensor | None, pool: PoolTrace) -> torch.Tensor:
-    """log P(T) = sum_s [logits_{t_s} - log Z_s], shape [...]."""
+def pool_log_prob(
+    logits: torch.Tensor,
+    usable: torch.Tensor | None,
+    pool: PoolTrace,
+    bounds: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """log P(T) = sum_s [logits_{t_s} - log Z_s], shape [...] (``bounds``: see
+    :func:`log_normalizers`)."""
     chosen = logits.expand(pool.exit_time.shape).gather(-1, pool.chosen)
-    return (chosen - log_normalizers(logits, usable, pool)).sum(-1)
+    return (chosen - log_normalizers(logits, usable, pool, bounds)).sum(-1)
 
 
 def pool_noise_given_trace(
@@ -118,9 +140,11 @@ def pool_noise_given_trace(
     usable: torch.Tensor | None,
     pool: PoolTrace,
     generator: torch.Generator | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """E | T, flat [..., K], reparameterised in ``logits``; +inf at unusable positions."""
-    log_norm = log_normalizers(logits, usable, pool)
+    """E | T, flat [..., K], reparameterised in ``logits``; +inf at unusable positions
+    (``bounds``: see :func:`log_normalizers`)."""
+    log_norm = log_normalizers(logits, usable, pool, bounds)
     unit = unit_exponential(log_norm.shape, logits, generator)
     steps = scale_exponential(unit, log_norm)
     # offset[t] = sum_{q < t} d_q, t = 0..S

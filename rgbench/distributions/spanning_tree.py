@@ -500,6 +500,12 @@ class SpanningTree(StructuredDistribution):
     def _pool_usable(self) -> torch.Tensor | None:
         return None if self._complete else self._edge_usable
 
+    @property
+    def _pool_bounds(self) -> tuple[float, float] | None:
+        """Bounds on the edge logits for the pool functions: the extremes of the whole
+        matrix (the diagonal included) when every edge is usable."""
+        return None if self._pool_usable is not None else self._bounds
+
     def _edge_slot(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The position of edge (u, v), u < v, in the upper-triangle list."""
         return u * (2 * self.n - u - 1) // 2 + (v - u - 1)
@@ -531,12 +537,13 @@ class SpanningTree(StructuredDistribution):
     def trace_log_prob(self, trace):
         pool = self._pool(trace)
         edge_logits = self._edge_values(self.logits)
-        return pool_log_prob(edge_logits, self._pool_usable, pool)
+        return pool_log_prob(edge_logits, self._pool_usable, pool, self._pool_bounds)
 
     def noise_given_trace(self, trace, generator=None):
         pool = self._pool(trace)
         edge_logits = self._edge_values(self.logits)
-        return self._edge_matrix(pool_noise_given_trace(edge_logits, self._pool_usable, pool, generator))
+        noise = pool_noise_given_trace(edge_logits, self._pool_usable, pool, generator, self._pool_bounds)
+        return self._edge_matrix(noise)
 
     def sample_noise(self, sample_shape=torch.Size(), generator=None):
         """E ~ Exp(exp(logits)) drawn for the edge slots i < j only (half the draws of the full
