@@ -461,11 +461,9 @@ class Arborescence(StructuredDistribution):
                 into = relabel.take(least.take(lands.clamp(max=count - 1)))
                 relabel.index_put_((fresh[off],), torch.where(lands == count, row_n[off] + root, into))
             term = relabel.index_select(0, term)  # its values are fresh labels or the root
-            # Each walker's members once (a finished walker repeats its last label).
-            moved = torch.ones_like(walked, dtype=torch.bool)
-            moved[2:] = walked[2:] != walked[1:-1]
-            walker = torch.arange(walked.shape[1], device=device).expand_as(walked)
-            cur, cur_key = _merge(best, key, member[moved.view(-1)], walker[moved], walked.shape[1])
+            # A finished walker repeats its last label: merging a column twice changes no minimum.
+            walker = torch.arange(walked.shape[1], device=device).repeat(walked.shape[0])
+            cur, cur_key = _merge(best, key, member, walker, walked.shape[1])
             if width == 1:
                 fresh = new
             else:

@@ -22,7 +22,9 @@ Fast kernels (batched, no Python loop over samples):
   n(n-1)/2 edge slots i < j as a flat list: edge e leaves the pool at its *exit time* M_e,
   the step after which its endpoints share a component (a tree edge picked at step s has
   M_e = s + 1). M_e is the largest step on the tree path between the endpoints, found in
-  O(n^2) from a dendrogram leaf order (see :func:`merge_times`).
+  O(n^2) from a dendrogram leaf order (see :func:`merge_times`). For a trace that ``solve``
+  returned the order is Prim's (:func:`prim_order`), remembered by the sampler, so scoring
+  it skips the sequential replay of the merges.
 
 The generic per-step candidate sets (:meth:`SpanningTree._draw_sets`, O(n^3)) remain for
 the base class's reference paths and the tests.
