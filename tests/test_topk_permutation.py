@@ -153,9 +153,9 @@ def test_noise_log_prob_stays_finite_for_large_logits():
 
 
 @pytest.mark.parametrize("cls, args", [(TopK, {"k": 7}), (Permutation, {})])
-def test_solved_picks_score_like_checked_ones_and_edits_are_checked_again(cls, args):
-    """Picks that solve returned skip the distinctness check: log P(T) equals that of a
-    copy; after an in-place edit that repeats an item the check runs again and refuses it."""
+def test_sampled_picks_edited_to_repeat_an_item_are_refused(cls, args):
+    """log P(T) of sampled picks equals that of a copy; after an in-place edit that repeats
+    an item the distinctness check refuses them."""
     dist = cls(torch.randn(3, 20, generator=torch.Generator().manual_seed(5)), **args)
     trace = dist.sample_with_trace((2,), generator=torch.Generator().manual_seed(6)).trace
     assert torch.equal(dist.trace_log_prob(trace), dist.trace_log_prob(trace.clone()))

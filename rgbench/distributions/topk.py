@@ -11,10 +11,6 @@ from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import reverse_logcumsumexp
-from rgbench.distributions.solved import SolvedTraces
-
-# Picks that solve returned, with the n they were drawn from (distinct by construction).
-_SOLVED = SolvedTraces()
 
 
 class PlackettLuceRecursion(spec.Recursion):
@@ -126,7 +122,6 @@ class TopK(StructuredDistribution):
 
     def _solve(self, noise):
         trace = torch.topk(noise, self.k, dim=-1, largest=False, sorted=True).indices
-        _SOLVED.add(trace, self.n)  # distinct picks: scoring them skips that check
         return trace.sort(-1).values, trace
 
     def indicator(self, x):
@@ -145,18 +140,14 @@ class TopK(StructuredDistribution):
     def _prefix(self, trace):
         """The picked logits in order [..., k] and log Z_r, the log total rate of the items
         still unpicked at step r [..., k]; checks that the picks are distinct and usable."""
-        solved = _SOLVED.get(trace) == self.n
         trace = self._check_trace(trace)
         logits = self.logits.expand(trace.shape[:-1] + (self.n,))
         picked = logits.gather(-1, trace)
-        # Checked on the k picks, not the n items: usable (unusable items are exactly the
-        # -inf logits; another instance's picks may be unusable here) and distinct (no two
-        # equal neighbours once sorted; known for the picks of solve).
+        # Checked on the k picks: usable (unusable items are exactly the -inf logits) and
+        # distinct (k different items marked; a mask is far cheaper than sorting on the CPU).
         ok = self._all_finite or bool((picked > -torch.inf).all())
-        if not solved:
-            ordered = trace.sort(-1).values
-            ok = ok and bool((ordered[..., 1:] != ordered[..., :-1]).all())
-        if not ok:
+        marked = torch.zeros(logits.shape, dtype=torch.bool, device=trace.device).scatter_(-1, trace, True)
+        if not (ok and bool((marked.sum(-1) == self.k).all())):
             raise ValueError(f"{type(self).__name__}: trace does not belong to this distribution (repeated or unusable items)")
         return trace, picked, self._log_normalizers(trace, picked)
 
@@ -164,7 +155,8 @@ class TopK(StructuredDistribution):
         """log Z_r [..., k] for checked picks: Z_r = (rate of the items never picked) +
         (rates of picks r, r+1, ...).
 
-        Where the logits are finite and span at most 80 nats (600 in float64), the rates are
+        Where items are left over and the logits are finite and span at most 80 nats (600 in
+        float64), the rates are
         taken relative to the largest logit (in at least float32, where exp of the span stays
         a normal number), the unpicked mass is one masked sum and the picks' tails a float64
         reversed cumulative sum. Otherwise in log space (a log-sum-exp over the unpicked
@@ -172,7 +164,9 @@ class TopK(StructuredDistribution):
         of a denormal result takes a slow path)."""
         logits, top = self.logits, self._logits_max  # the extremes were read at construction
         compute = torch.promote_types(logits.dtype, torch.float32)
-        if self._all_finite and top - self._logits_min <= (600 if compute == torch.float64 else 80):
+        # With k = n nothing is left over: the reversed log-sum-exp over the k picks is all.
+        narrow = top - self._logits_min <= (600 if compute == torch.float64 else 80)
+        if self.k < self.n and self._all_finite and narrow:
             rates = torch.exp((logits - top).to(compute)).expand(trace.shape[:-1] + (self.n,))
             rest = rates.scatter(-1, trace, 0.0).sum(-1, keepdim=True).double()
             tails = rates.gather(-1, trace).double().flip(-1).cumsum(-1).flip(-1) + rest
