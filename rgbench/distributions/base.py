@@ -62,8 +62,23 @@ def unit_exponential(shape, like: torch.Tensor, generator: torch.Generator | Non
     utility would never be picked), and several times faster than ``Tensor.exponential_``
     on the CPU.
     """
-    uniform = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
-    return uniform.neg_().log1p_().neg_()
+    return _uniform(shape, like, generator).neg_().log1p_().neg_()
+
+
+def _uniform(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U[0, 1) draws of ``shape`` in ``like``'s dtype and device.
+
+    float32 on the CPU: the same law as ``torch.rand`` (24 random bits times 2^-24), taken
+    from the two 32-bit halves of int64 words, which the CPU generator fills about twice as
+    fast as it fills floats (torch.rand was a tenth of a sampler's time).
+    """
+    if like.dtype != torch.float32 or like.device.type != "cpu":
+        return torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    shape = torch.Size(shape)
+    count = shape.numel()
+    words = torch.empty((count + 1) // 2, dtype=torch.int64).random_(generator=generator)
+    bits = words.view(torch.int32)[:count].view(shape)  # the low 24 bits of each half are uniform
+    return bits.bitwise_and_(2**24 - 1).float().mul_(2**-24)
 
 
 def scale_exponential(unit: torch.Tensor, log_rate: torch.Tensor) -> torch.Tensor:
