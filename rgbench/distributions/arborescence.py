@@ -378,8 +378,10 @@ class Arborescence(StructuredDistribution):
         # Level 0: each column's minimum; the first minimal row is the smallest tail.
         low, tail0 = values.min(1)  # [B, n]
         low[:, root] = 0.0  # the root's column is all +inf and never draws
-        best = (values - low.unsqueeze(1)).transpose(1, 2).reshape(flat, n)  # row b*n + c: column c
-        key = torch.arange(n * n, device=device).view(n, n).t().expand(batch, n, n).contiguous().view(flat, n)
+        # Row b*n + c holds column c: the subtraction reads the transpose, writes it contiguous.
+        best = torch.empty(batch, n, n, dtype=values.dtype, device=device)
+        best = torch.sub(values.transpose(1, 2), low.unsqueeze(2), out=best).view(flat, n)
+        key = torch.arange(n * n, device=device).view(n, n).t().contiguous().repeat(batch, 1)
         labels = torch.arange(n, device=device)
         step = tail0.clone()
         step[:, root] = root  # the root is the only fixed point

@@ -213,6 +213,14 @@ class StructuredDistribution(Distribution):
         return mask & (self.logits > -torch.inf)
 
     @cached_property
+    def _unusable(self) -> torch.Tensor:
+        """~:attr:`_usable`, left unbroadcast ([n] or [n, n]) where only the structure
+        excludes positions, so that masking the noise reads no batch-sized mask."""
+        if self._all_finite:
+            return ~self._structural_mask()
+        return ~self._usable
+
+    @cached_property
     def _all_usable(self) -> bool:
         """Whether every position is usable (finite logits, no structural exclusions): the
         noise then needs no +inf masking."""
@@ -306,7 +314,7 @@ class StructuredDistribution(Distribution):
                 if not self._finite_noise:
                     noise.clamp_(max=_log_max(noise.dtype))
                 noise.exp_()
-            return noise if self._all_usable else noise.masked_fill_(~self._usable, torch.inf)
+            return noise if self._all_usable else noise.masked_fill_(self._unusable, torch.inf)
         if self._all_usable:
             return scale_exponential(unit, self.logits)
         safe = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
