@@ -64,6 +64,14 @@ def test_sample_trace_log_prob_backward(benchmark, n):
 
 
 @pytest.mark.benchmark(group="cle")
+def test_sample_n50(benchmark):
+    """Sampling alone: the reference for the noise_given_trace target."""
+    dist = Arborescence(random_logits(50, 128))
+    benchmark.extra_info.update(n=50, batch=128, dtype="float32", device="cpu")
+    benchmark(dist.sample_with_trace)
+
+
+@pytest.mark.benchmark(group="cle")
 def test_noise_given_trace(benchmark):
     dist = Arborescence(random_logits(50, 128))
     trace = dist.sample_with_trace(generator=torch.Generator().manual_seed(1)).trace

@@ -155,8 +155,7 @@ class TopK(StructuredDistribution):
         """log Z_r [..., k] for checked picks: Z_r = (rate of the items never picked) +
         (rates of picks r, r+1, ...).
 
-        Where items are left over and the logits are finite and span at most 80 nats (600 in
-        float64), the rates are
+        Where the logits are finite and span at most 80 nats (600 in float64), the rates are
         taken relative to the largest logit (in at least float32, where exp of the span stays
         a normal number), the unpicked mass is one masked sum and the picks' tails a float64
         reversed cumulative sum. Otherwise in log space (a log-sum-exp over the unpicked
@@ -164,12 +163,11 @@ class TopK(StructuredDistribution):
         of a denormal result takes a slow path)."""
         logits, top = self.logits, self._logits_max  # the extremes were read at construction
         compute = torch.promote_types(logits.dtype, torch.float32)
-        # With k = n nothing is left over: the reversed log-sum-exp over the k picks is all.
-        narrow = top - self._logits_min <= (600 if compute == torch.float64 else 80)
-        if self.k < self.n and self._all_finite and narrow:
-            rates = torch.exp((logits - top).to(compute)).expand(trace.shape[:-1] + (self.n,))
-            rest = rates.scatter(-1, trace, 0.0).sum(-1, keepdim=True).double()
-            tails = rates.gather(-1, trace).double().flip(-1).cumsum(-1).flip(-1) + rest
+        if self._all_finite and top - self._logits_min <= (600 if compute == torch.float64 else 80):
+            tails = torch.exp((picked - top).to(compute)).double().flip(-1).cumsum(-1).flip(-1)
+            if self.k < self.n:  # plus the items never picked
+                rates = torch.exp((logits - top).to(compute)).expand(trace.shape[:-1] + (self.n,))
+                tails = tails + rates.scatter(-1, trace, 0.0).sum(-1, keepdim=True).double()
             return (tails.log() + top).to(logits.dtype)
         log_norm = reverse_logcumsumexp(picked)
         if self.k < self.n:  # with k = n nothing is left over (and an empty lse has NaN second derivatives)
@@ -193,6 +191,8 @@ class TopK(StructuredDistribution):
         trace, _, log_norm = self._prefix(trace)
         picked_noise = torch.cumsum(scale_exponential(unit_exponential(log_norm.shape, self.logits, generator), log_norm), -1)
         shape = trace.shape[:-1] + (self.n,)
+        if self.k == self.n:  # every item is picked: no fresh noise
+            return picked_noise.new_empty(shape).scatter_(-1, trace, picked_noise)
         fresh = self._scale_unit_noise(unit_exponential(shape, self.logits, generator))
         return (picked_noise[..., -1:] + fresh).scatter(-1, trace, picked_noise)
 
