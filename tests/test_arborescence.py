@@ -267,6 +267,17 @@ def test_copied_traces_are_validated_and_score_the_same():
     assert torch.equal(other.trace_log_prob(trace), dist.trace_log_prob(trace))
 
 
+def test_a_solved_trace_edited_in_place_is_checked_again():
+    """Scoring skips the checks only for a trace solve returned, unchanged: after an edit
+    that makes a level-0 draw own a second node, the row checks refuse it."""
+    dist = Arborescence(random_logits(6, 2, seed=8))
+    trace = dist.sample_with_trace((4,), generator=torch.Generator().manual_seed(1)).trace
+    dist.trace_log_prob(trace)
+    trace.members[..., 0, :] = True
+    with pytest.raises(ValueError, match="does not belong"):
+        dist.trace_log_prob(trace)
+
+
 def test_underflowing_normalisers_fall_back_to_exact():
     """Cycle edges 1000 nats above the rest underflow the float64 product; the exact
     fallback must agree with the generic path, and forcing it everywhere changes nothing."""

@@ -561,11 +561,14 @@ class Arborescence(StructuredDistribution):
         from outside on a usable edge, owners of contractions hold >= 2 nodes and not the
         root); the owners themselves are checked by :meth:`_replay_errors` unless ``solve``
         produced this very trace."""
+        solved = _SOLVED.get(trace) == (self.n, self.root)
         edges, members, lead = self._check_trace(trace)
         n, m = self.n, self.num_draws
         edges, members = edges.reshape(lead.numel(), m, 2), members.reshape(lead.numel(), m, n)
         active = edges[..., 0] >= 0
-        if m == 0 or active.numel() == 0:
+        if m == 0 or active.numel() == 0 or (solved and self._all_finite):
+            # A trace solve returned is valid by construction; with finite logits, the same
+            # n and root, so are its edges here.
             return _Draws(edges, members, active, lead)
         batch = edges.shape[0]
         usable = self._usable.expand(lead + (n, n)).reshape(batch, n * n)
@@ -587,7 +590,7 @@ class Arborescence(StructuredDistribution):
         more = contracted.scatter(-1, head[:, n - 1 :].unsqueeze(-1), False).any(-1)
         errors[:, n - 1 :] |= active[:, n - 1 :] & (contracted[..., self.root] | ~more)
         bad = errors.any(1)
-        if _SOLVED.get(trace) != (n, self.root):
+        if not solved:
             bad = bad | self._replay_errors(edges, members, active)
         if bool(bad.any()):
             raise ValueError(
@@ -643,10 +646,19 @@ class Arborescence(StructuredDistribution):
         """
         n, m = self.n, self.num_draws
         usable = self._batched(self._usable, draws.lead)
-        masked = torch.where(usable, logits, -torch.inf)
-        peak = masked.detach().amax(1)  # [B, n]; -inf for the root's column
-        shift = peak.nan_to_num(neginf=0.0)
-        rates = torch.exp(masked - shift.unsqueeze(1))  # <= 1; exactly 0 where unusable
+        if self._all_finite:
+            # Only the structure excludes edges: mask with the [n, n] structure, and zero the
+            # rates by a product rather than exp(-inf) (a slow path on the CPU). The clamp
+            # only touches excluded entries, which may lie above their column's maximum.
+            keep = self._structural_mask()
+            peak = logits.detach().masked_fill(~keep, -torch.inf).amax(1)  # [B, n]; -inf: root's column
+            shift = peak.nan_to_num(neginf=0.0)
+            rates = torch.exp((logits - shift.unsqueeze(1)).clamp(max=0.0)) * keep  # <= 1; 0 where excluded
+        else:
+            masked = torch.where(usable, logits, -torch.inf)
+            peak = masked.detach().amax(1)  # [B, n]; -inf for the root's column
+            shift = peak.nan_to_num(neginf=0.0)
+            rates = torch.exp(masked - shift.unsqueeze(1))  # <= 1; exactly 0 where unusable
         # torch.logsumexp(masked, 1) step by step (the same float ops), sharing ``rates``; the
         # root's column (total 0) is dropped before the log.
         others = self._others
