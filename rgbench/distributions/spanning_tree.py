@@ -240,10 +240,11 @@ def prim_order(nodes: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, t
     ``nodes`` [..., n-1] in the order Prim added them after node 0, ``step`` [..., n-1] the
     Kruskal step of the edge that added each. Returns (position, gap), each [..., n].
 
-    Prim's order is a valid leaf order (the order of an OPTICS reachability plot): the
-    nodes between two positions p < q were all reached from the first p + 1 nodes through
-    edges no later than the largest step among them, so that step is the merge time of the
-    nodes at p and q. O(n) per sample.
+    Prim's order is a valid leaf order (as in an OPTICS reachability plot): at any step t,
+    the components of the tree edges up to t are contiguous in it, since Prim uses no edge
+    later than t while a component it has entered still has nodes left; and a component
+    starts exactly at the positions whose joining step is later than t. So two nodes share
+    a component after step t iff every gap between them is at most t. O(n) per sample.
     """
     lead, n = nodes.shape[:-1], nodes.shape[-1] + 1
     start = nodes.new_zeros(lead + (1,))
@@ -522,12 +523,13 @@ class SpanningTree(StructuredDistribution):
         on_graph = True
         if usable is not None:
             on_graph = usable.expand(chosen.shape[:-1] + usable.shape[-1:]).gather(-1, chosen).all()
-        if solved is not None and solved[0] == n:  # a trace solve returned, unchanged
+        if solved is not None and solved[0] == n:  # a trace solve returned, unchanged: it joins
             shape = trace.shape[:-2] + (n,)
-            times, joins = _range_max(solved[2].expand(shape), solved[1].expand(shape), n), torch.tensor(True)
+            times, joins = _range_max(solved[2].expand(shape), solved[1].expand(shape), n), True
         else:
             times, joins = merge_times(trace, n)
-        if not bool(on_graph & joins.all()):
+            joins = joins.all()
+        if not bool(on_graph & joins):
             reason = "an edge inside one component (a repeat or a cycle)"
             if not bool(on_graph):
                 reason = "an edge with a -inf logit"
