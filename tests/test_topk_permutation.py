@@ -164,10 +164,10 @@ def test_sampled_picks_edited_to_repeat_an_item_are_refused(cls, args):
         dist.trace_log_prob(trace)
 
 
-@pytest.mark.parametrize("scale", [1.0, 40.0])  # float32 logits spanning < 80 and > 80 nats
-def test_float32_log_prob_matches_float64_on_both_paths(scale):
-    """float32 logits within 80 nats use rates relative to the largest logit, wider ones a
-    log-sum-exp; both agree with float64 (where all these spans take the rate path)."""
+@pytest.mark.parametrize("scale", [1.0, 40.0, 400.0])  # float32 logits spanning ~5, ~200, ~2000 nats
+def test_float32_log_prob_matches_float64_on_every_path(scale):
+    """float32 logits within 80 nats use float32 rates relative to the largest logit, up to
+    600 nats float64 rates, wider ones a log-sum-exp; each agrees with float64."""
     logits = scale * torch.randn(4, 60, generator=torch.Generator().manual_seed(8))
     trace = TopK(logits, k=10).sample_with_trace((3,), generator=torch.Generator().manual_seed(9)).trace
     single = TopK(logits, k=10).trace_log_prob(trace)

@@ -251,8 +251,9 @@ class Arborescence(StructuredDistribution):
     level touches only the (row, super-node) pairs that draw, so its cost is a fixed number
     of small ops (plus two per step of the longest walk). ``trace_log_prob`` and
     ``noise_given_trace`` have no loop over levels: O(n^2 + a n^2) time (a batched matrix
-    product over the a contracted draws) and O(n^2 + a n) memory. Traces that ``solve`` did not return (copies, edits, expansions)
-    are first validated by an O(n log n)-per-level replay.
+    product over the a contracted draws) and O(n^2 + a n) memory. Traces that ``solve`` did
+    not return (copies, edits, expansions) are first validated by an O(n log n)-per-level
+    replay.
 
     Example:
         >>> d = Arborescence(torch.zeros(4, 4), root=0)

@@ -149,10 +149,9 @@ class StructuredDistribution(Distribution):
         # One pass for both facts: NaN and +inf show in the maximum (NaN propagates), -inf in
         # the minimum; _all_finite lets the usable mask and the finiteness checks skip theirs.
         low, high = torch.aminmax(logits.detach()) if logits.numel() else (logits.new_zeros(()),) * 2
-        self._logits_min, top = torch.stack([low, high]).tolist()
-        self._logits_max = top
+        self._logits_min, self._logits_max = torch.stack([low, high]).tolist()
         self._all_finite = self._logits_min > -torch.inf
-        if not top < torch.inf:  # NaN fails too
+        if not self._logits_max < torch.inf:  # NaN fails too
             where = tuple((~(logits < torch.inf)).nonzero()[0].tolist())
             raise ValueError(
                 f"{name}: logits must not contain NaN or +inf (found {logits[where].item()} at index {where})"

@@ -52,6 +52,17 @@ def reverse_logcumsumexp(x: torch.Tensor) -> torch.Tensor:
     return (tails + top.double()).to(x.dtype)
 
 
+def rate_dtype(dtype: torch.dtype, span: float) -> torch.dtype | None:
+    """The dtype in which to sum the rates exp(l - top) of logits of ``dtype`` that lie
+    within ``span`` nats below ``top``: their own (at least float32) while exp(-span) stays
+    a normal number in it (80 nats in float32, 600 in float64), float64 up to 600 nats, and
+    None beyond, where the caller must work in log space."""
+    if span > 600:
+        return None
+    exact = torch.promote_types(dtype, torch.float32)
+    return exact if span <= (600 if exact == torch.float64 else 80) else torch.float64
+
+
 def log_normalizers(
     logits: torch.Tensor,
     usable: torch.Tensor | None,
@@ -66,11 +77,10 @@ def log_normalizers(
     which saves a pass over them; by default each row's own.
 
     Z_s sums the histogram of the rates over the exit-time bins t > s, taken relative to
-    the upper bound: sums of positive terms, accurate to the rounding of the summation, in
-    the logits' dtype (at least float32) where the logits span at most 80 nats (600 in
-    float64), so that every rate is a normal number, and in float64 up to 600 nats. Z is
-    the histogram's reversed cumulative sum in float64. Wider logits switch to log space:
-    each bin summed relative to its own maximum, then a log-sum-exp scan.
+    the upper bound in the dtype of :func:`rate_dtype`: sums of positive terms, accurate to
+    the rounding of the summation. Z is the histogram's reversed cumulative sum in float64.
+    Logits spread over more than 600 nats switch to log space: each bin summed relative to
+    its own maximum, then a log-sum-exp scan.
     """
     bins, steps = pool.exit_time, pool.chosen.shape[-1]
     if steps == 0:
@@ -89,10 +99,10 @@ def log_normalizers(
             bottom = torch.where(usable, values, top).amin(-1, keepdim=True)
         span = float((top - bottom).nan_to_num(nan=0.0).amax())  # NaN: a row with no usable variable
         top = top.nan_to_num(neginf=0.0)  # there every rate is 0 anyway
-    if span > 600:
+    dtype = rate_dtype(logits.dtype, span)
+    if dtype is None:
         return _log_normalizers_by_bin(logits, usable, bins, steps)
-    exact = torch.promote_types(logits.dtype, torch.float32)
-    shifted = (logits - top).to(exact if span <= (600 if exact == torch.float64 else 80) else torch.float64)
+    shifted = (logits - top).to(dtype)
     if usable is not None:
         shifted = torch.where(usable, shifted, -torch.inf)
     mass = torch.zeros(bins.shape[:-1] + (steps + 1,), dtype=shifted.dtype, device=logits.device)

@@ -10,7 +10,7 @@ import torch
 from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
-from rgbench.distributions.pool import reverse_logcumsumexp
+from rgbench.distributions.pool import rate_dtype, reverse_logcumsumexp
 
 
 class PlackettLuceRecursion(spec.Recursion):
@@ -155,18 +155,18 @@ class TopK(StructuredDistribution):
         """log Z_r [..., k] for checked picks: Z_r = (rate of the items never picked) +
         (rates of picks r, r+1, ...).
 
-        Where the logits are finite and span at most 80 nats (600 in float64), the rates are
-        taken relative to the largest logit (in at least float32, where exp of the span stays
-        a normal number), the unpicked mass is one masked sum and the picks' tails a float64
-        reversed cumulative sum. Otherwise in log space (a log-sum-exp over the unpicked
-        items with -inf at the picks, several times slower on the CPU, where exp of -inf or
-        of a denormal result takes a slow path)."""
+        Where the logits are finite and span at most 600 nats, the rates are taken relative
+        to the largest logit (in the dtype of :func:`~rgbench.distributions.pool.rate_dtype`),
+        the unpicked mass is one masked sum and the picks' tails a float64 reversed
+        cumulative sum. Otherwise in log space (a log-sum-exp over the unpicked items with
+        -inf at the picks, several times slower on the CPU, where exp of -inf or of a
+        denormal result takes a slow path)."""
         logits, top = self.logits, self._logits_max  # the extremes were read at construction
-        compute = torch.promote_types(logits.dtype, torch.float32)
-        if self._all_finite and top - self._logits_min <= (600 if compute == torch.float64 else 80):
-            tails = torch.exp((picked - top).to(compute)).double().flip(-1).cumsum(-1).flip(-1)
+        dtype = rate_dtype(logits.dtype, top - self._logits_min) if self._all_finite else None
+        if dtype is not None:
+            tails = torch.exp((picked - top).to(dtype)).double().flip(-1).cumsum(-1).flip(-1)
             if self.k < self.n:  # plus the items never picked
-                rates = torch.exp((logits - top).to(compute)).expand(trace.shape[:-1] + (self.n,))
+                rates = torch.exp((logits - top).to(dtype)).expand(trace.shape[:-1] + (self.n,))
                 tails = tails + rates.scatter(-1, trace, 0.0).sum(-1, keepdim=True).double()
             return (tails.log() + top).to(logits.dtype)
         log_norm = reverse_logcumsumexp(picked)
