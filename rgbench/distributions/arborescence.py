@@ -649,12 +649,14 @@ class Arborescence(StructuredDistribution):
         usable = self._batched(self._usable, draws.lead)
         if self._all_finite:
             # Only the structure excludes edges: mask with the [n, n] structure, and zero the
-            # rates by a product rather than exp(-inf) (a slow path on the CPU). The clamp
-            # only touches excluded entries, which may lie above their column's maximum.
+            # rates by a product rather than exp(-inf) (a slow path on the CPU). Excluded
+            # entries may lie far above their column's maximum: they are set to 0 before the
+            # exp, by a mask (no clamp: the column maximum sits exactly on a clamp's boundary,
+            # and torch's gradient there is a convention that changed in 2.14).
             keep = self._structural_mask()
             peak = logits.detach().masked_fill(~keep, -torch.inf).amax(1)  # [B, n]; -inf: root's column
             shift = peak.nan_to_num(neginf=0.0)
-            rates = torch.exp((logits - shift.unsqueeze(1)).clamp(max=0.0)) * keep  # <= 1; 0 where excluded
+            rates = torch.exp((logits - shift.unsqueeze(1)).masked_fill(~keep, 0.0)) * keep  # <= 1; 0 where excluded
         else:
             masked = torch.where(usable, logits, -torch.inf)
             peak = masked.detach().amax(1)  # [B, n]; -inf for the root's column
