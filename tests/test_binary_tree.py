@@ -192,7 +192,8 @@ def test_noise_given_trace_increments_are_exponential():
     up = torch.where(parent < 0, torch.zeros_like(noise), noise[:, parent.clamp(min=0)])
     increments = noise - up
     lo, hi = python_segments(parent.tolist())
-    rates = torch.stack([dist.logits[l : h + 1].exp().sum() for l, h in zip(lo, hi)])
+    relative = dist.logits - dist.noise_shift  # the noise frame: rates exp(logits - s)
+    rates = torch.stack([relative[l : h + 1].exp().sum() for l, h in zip(lo, hi)])
     z = (increments.mean(0) - 1 / rates) / (1 / rates / math.sqrt(draws))  # sd of Exp = its mean
     assert (z.abs() < stats.norm.isf(1e-3 / 2 / 6)).all(), z
 

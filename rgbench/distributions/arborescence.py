@@ -707,7 +707,8 @@ class Arborescence(StructuredDistribution):
         return terms.sum(1).reshape(draws.lead)
 
     def noise_given_trace(self, trace, generator=None):
-        """One draw of E | T (DESIGN §3.2), reparameterised in the logits.
+        """One draw of E | T (DESIGN §3.2), reparameterised in the logits, in the frame of
+        :meth:`sample_noise` (Z_d and lambda relative to :attr:`noise_shift`).
 
         Draw d adds s_d ~ Exp(Z_d) to each of its candidates, so an edge (i, j) collects
         sum_d s_d [j in S_d, i not in S_d]: a column offset from level 0 plus one batched
@@ -715,12 +716,14 @@ class Arborescence(StructuredDistribution):
         The chosen edges keep their totals; every other usable edge gets a fresh
         Exp(lambda) on top. Running :meth:`solve` on the result gives T back.
         """
+        self._check_frame()
         draws = self._draws(trace)
         n, batch = self.n, draws.edges.shape[0]
         logits = self._batched(self.logits, draws.lead)
         log_norm = self._log_norms(draws, logits) if n > 1 else logits.new_zeros(batch, 0)
+        shift = self.noise_shift.expand(draws.lead + (1, 1)).reshape(batch, 1)
         unit = unit_exponential(log_norm.shape, log_norm, generator)
-        steps = torch.where(draws.active, scale_exponential(unit, torch.where(draws.active, log_norm, 0.0)), 0.0)
+        steps = torch.where(draws.active, scale_exponential(unit, torch.where(draws.active, log_norm - shift, 0.0)), 0.0)
         column = logits.new_zeros(batch, n).index_copy(1, self._others, steps[:, : n - 1])
         offset = column.unsqueeze(1).expand(batch, n, n)
         width = int(draws.active[:, n - 1 :].sum(1).max()) if n > 1 and batch else 0

@@ -95,6 +95,20 @@ def scale_exponential(unit: torch.Tensor, log_rate: torch.Tensor) -> torch.Tenso
 
 
 @lru_cache(maxsize=None)
+def _frame_limits(dtype: torch.dtype) -> tuple[float, float]:
+    """(H, G): how far logits - s may reach below 0 (H) and above it (G) for noise
+    Exp(1) * exp(s - logits) of ``dtype`` to stay finite and normal, with 2 nats to spare.
+
+    The Exp(1) draws of :func:`unit_exponential` lie in {0} and [eps/2, -log(eps/2)]; the
+    product stays below the largest float while logits - s >= -H, H = log(max) -
+    log(-log(eps/2)) - 2, and above the smallest normal one while logits - s <= G,
+    G = log(eps/2) - log(tiny) - 2. float32: H = 83.9, G = 68.7; float64: H = 704.2, G = 669.7."""
+    info = torch.finfo(dtype)
+    half_eps = math.log(info.eps / 2)
+    return math.log(info.max) - math.log(-half_eps) - 2.0, half_eps - math.log(info.tiny) - 2.0
+
+
+@lru_cache(maxsize=None)
 def _log_max(dtype: torch.dtype) -> float:
     """The largest x of ``dtype`` with exp(x) finite in ``dtype`` (log(max) rounds up in it)."""
     cap = torch.tensor(math.log(torch.finfo(dtype).max), dtype=dtype)
@@ -140,6 +154,13 @@ class StructuredDistribution(Distribution):
             raise ValueError(f"{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
         if not logits.is_floating_point():
             raise ValueError(f"{name}: logits must be a floating-point tensor, got dtype {logits.dtype}")
+        if logits.dtype not in (torch.float32, torch.float64):
+            # float16/bfloat16 noise ties too often for E | T to reproduce its trace (a 10- or
+            # 7-bit mantissa), and exp(logits) leaves their range at |logits| > 11 (float16).
+            raise ValueError(
+                f"{name}: logits must be float32 or float64, got {logits.dtype} "
+                "(half precision cannot hold the noise exactly enough; convert with logits.float())"
+            )
         d = self.logits_event_dim
         shape = "(..., n)" if d == 1 else "(..., n, n)"
         if logits.dim() < d or (d == 2 and logits.shape[-1] != logits.shape[-2]):
@@ -226,31 +247,74 @@ class StructuredDistribution(Distribution):
         noise then needs no +inf masking."""
         return self._all_finite and bool(self._structural_mask().all())
 
-    @cached_property
-    def _noise_limit(self) -> float:
-        """L with exp(L) times the largest Exp(1) draw of ``unit_exponential``, -log(eps / 2),
-        below the dtype's maximum, with 2 nats to spare."""
-        info = torch.finfo(self.logits.dtype)
-        return math.log(info.max) - math.log(-math.log(info.eps / 2)) - 2.0
+    # ------------------------------------------------------------------ the noise frame
+    # X and T are invariant to multiplying all of one instance's noise by a constant (every
+    # algorithm compares and subtracts utilities), i.e. to a constant shift of its logits. The
+    # noise is therefore drawn relative to a per-instance reference log-rate s (detached):
+    # E_i ~ Exp(exp(logits_i - s)), which keeps every draw a normal float whatever the logits'
+    # offset (absolute rates exp(logits) under- or overflow float32 past |logits| ~ 88).
+    def _spread_values(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The detached logits whose extremes set the noise frame, flat [..., K], and a mask
+        of the usable ones (None: all are)."""
+        flat = self.logits.detach().flatten(-self.logits_event_dim)  # not _flat_logits: cached, maybe under no_grad
+        return flat, (None if self._all_usable else self._usable.flatten(-self.logits_event_dim))
 
     @cached_property
-    def _finite_noise(self) -> bool:
-        """Whether sampled noise surely stays below the cap of :func:`scale_exponential`:
-        every logit is above -L (:attr:`_noise_limit`; a -inf logit fails, whatever the
-        structure does with it)."""
-        return self._logits_min > -self._noise_limit
+    def _frame(self) -> tuple[torch.Tensor, float]:
+        """(s, span): the reference log-rates s, shape ``batch_shape + (1,) *
+        logits_event_dim``, and the widest span of usable logits within one instance.
 
-    @cached_property
-    def _moderate_logits(self) -> bool:
-        """Whether every logit lies in (-L, L) (:attr:`_noise_limit`): then exp(-logits) is
-        a normal float and Exp(1) draws times it stay finite, so sampled noise can be one
-        multiplication (one pass over the draws instead of log, subtract and exp)."""
-        return self._finite_noise and self._logits_max < self._noise_limit
+        s is each instance's largest usable logit, lowered to (smallest + H) where the logits
+        span more than H nats (H, G from :func:`_frame_limits`): then every draw stays finite,
+        and those of the largest rates stay normal floats while the span is at most H + G
+        (about 152 nats in float32, 1,374 in float64). Wider spans cannot be sampled in the
+        dtype: :meth:`_check_frame` raises."""
+        values, usable = self._spread_values()
+        shape = self.batch_shape + (1,) * self.logits_event_dim
+        if values.shape[-1] == 0 or values.numel() == 0:
+            return values.new_zeros(shape), 0.0
+        if usable is None:
+            top, bottom = values.amax(-1, keepdim=True), values.amin(-1, keepdim=True)
+        else:
+            top = values.masked_fill(~usable, -torch.inf).amax(-1, keepdim=True)
+            bottom = values.masked_fill(~usable, torch.inf).amin(-1, keepdim=True)
+        high, _ = _frame_limits(values.dtype)
+        empty = top == -torch.inf  # an instance with nothing usable (a 1-node graph): any shift
+        shift = torch.minimum(top, bottom + high).masked_fill(empty, 0.0)
+        span = float((top - bottom).masked_fill(empty, 0.0).amax())
+        return shift.reshape(shape), span
+
+    @property
+    def noise_shift(self) -> torch.Tensor:
+        """The reference log-rate s of each instance (detached, shape ``batch_shape + (1,) *
+        logits_event_dim``): sampled noise is E_i ~ Exp(exp(logits_i - s)). The law of X and T
+        does not depend on s; the E-score 1 - exp(logits_i - s) E_i is the usual one."""
+        return self._frame[0]
+
+    def _check_frame(self) -> None:
+        """Raise if the usable logits of some instance span more nats than noise in this
+        dtype can resolve (the law would be wrong: distinct draws would tie)."""
+        span = self._frame[1]
+        limit = sum(_frame_limits(self.logits.dtype))
+        if span > limit:
+            raise ValueError(
+                f"{type(self).__name__}: logits span {span:.1f} nats within one instance, more than "
+                f"{self.logits.dtype} noise can represent ({limit:.0f}); use float64 logits or a smaller spread"
+            )
+
+    @property
+    def _relative_logits(self) -> torch.Tensor:
+        """logits - s (differentiable; s detached). Not cached: a copy made under no_grad
+        would carry no graph."""
+        return self.logits - self.noise_shift
 
     @cached_property
     def _inverse_rates(self) -> torch.Tensor:
-        """exp(-logits), detached (used where :attr:`_moderate_logits`)."""
-        return torch.exp(-self.logits.detach())
+        """exp(s - logits), detached, 1 at unusable positions (they are masked afterwards)."""
+        relative = self._relative_logits.detach()
+        if not self._all_usable:
+            relative = relative.masked_fill(self._unusable, 0.0)
+        return torch.exp(-relative)
 
     @property
     def _bounds(self) -> tuple[float, float]:
@@ -296,29 +360,26 @@ class StructuredDistribution(Distribution):
 
     # ------------------------------------------------------------------ sampling
     def sample_noise(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        """E ~ Exp(exp(logits)), shape ``sample_shape + logits.shape``; +inf where unusable."""
+        """E ~ Exp(exp(logits - s)) (s = :attr:`noise_shift`), shape ``sample_shape +
+        logits.shape``; +inf where unusable. Reparameterised in the logits."""
         shape = torch.Size(sample_shape) + self.logits.shape
         return self._scale_unit_noise(unit_exponential(shape, self.logits.detach(), generator))
 
     def _scale_unit_noise(self, unit: torch.Tensor) -> torch.Tensor:
-        """Exp(1) -> Exp(lambda) by dividing by the rate; +inf where unusable.
+        """Exp(1) -> Exp(exp(logits - s)) by one multiplication with exp(s - logits) (finite
+        and normal in the frame, see :attr:`_frame`); +inf where unusable.
 
         Takes ownership of ``unit`` (it may be overwritten)."""
+        self._check_frame()
         if not (self.logits.requires_grad and torch.is_grad_enabled()):
-            # In place, the values of scale_exponential up to rounding (its cap is a no-op
-            # unless a logit is low enough for the draws to overflow).
-            if self._moderate_logits:
-                noise = unit.mul_(self._inverse_rates)
-            else:
-                noise = unit.log_().sub_(self.logits)
-                if not self._finite_noise:
-                    noise.clamp_(max=_log_max(noise.dtype))
-                noise.exp_()
+            noise = unit.mul_(self._inverse_rates)
             return noise if self._all_usable else noise.masked_fill_(self._unusable, torch.inf)
+        relative = self._relative_logits
         if self._all_usable:
-            return scale_exponential(unit, self.logits)
-        safe = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
-        return torch.where(self._usable, scale_exponential(unit, safe), torch.full_like(unit, float("inf")))
+            return unit * torch.exp(-relative)
+        # The masked positions get rate 1 before the exp (no inf * 0 in the backward pass).
+        noise = unit * torch.exp(-relative.masked_fill(self._unusable, 0.0))
+        return noise.masked_fill(self._unusable, torch.inf)
 
     def sample_with_trace(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> TraceSample:
         with torch.no_grad():
@@ -396,19 +457,21 @@ class StructuredDistribution(Distribution):
         return total
 
     def noise_given_trace(self, trace: Trace, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One draw of E | T (DESIGN §3.2), reparameterised in the logits.
+        """One draw of E | T (DESIGN §3.2), reparameterised in the logits, in the frame of
+        :meth:`sample_noise` (rates lambda_j = exp(logits_j - s)).
 
         Walking the draws, each adds d ~ Exp(sum_{j in P} lambda_j) to every candidate j in
         P; the chosen one keeps its total, every other usable position finally gets its
         total plus a fresh Exp(lambda_j). Running :meth:`solve` on the result gives T back.
         """
-        logits = self._flat_logits
+        self._check_frame()
+        logits, shift = self._flat_logits, self.noise_shift.flatten(-self.logits_event_dim)
         offset, chosen = None, None
         for draws in self._validated_draw_sets(trace):
             masked = torch.where(draws.candidates, logits.unsqueeze(-2), torch.full_like(logits.unsqueeze(-2), -torch.inf))
             log_norm = torch.logsumexp(masked, dim=-1)
             unit = unit_exponential(log_norm.shape, logits, generator)
-            safe_norm = torch.where(draws.active, log_norm, torch.zeros_like(log_norm))
+            safe_norm = torch.where(draws.active, log_norm - shift, torch.zeros_like(log_norm))
             step = torch.where(draws.active, scale_exponential(unit, safe_norm), torch.zeros_like(unit))
             added = (draws.candidates.to(logits.dtype) * step.unsqueeze(-1)).sum(-2)
             picked = torch.zeros_like(draws.candidates).scatter_(
@@ -422,15 +485,16 @@ class StructuredDistribution(Distribution):
         return torch.where(chosen, offset, offset + fresh)
 
     def noise_log_prob(self, noise: torch.Tensor) -> torch.Tensor:
-        """log p(E) = sum over usable positions of logits_i - lambda_i E_i; its gradient is
-        the E-REINFORCE score 1 - lambda_i E_i.
+        """log p(E) = sum over usable positions of r_i - exp(r_i) E_i, r = logits - s: the
+        density of the noise of :meth:`sample_noise` (s = :attr:`noise_shift`, detached). Its
+        gradient is the E-REINFORCE score 1 - lambda_i E_i, the same in every frame.
 
-        lambda_i E_i is computed as exp(logits_i + log E_i), about Exp(1) in size: exp(logits)
-        alone overflows float32 above 88.7 (inf * E, inf * 0 = NaN), which a ListOps arc
-        scorer reaches; E_i = 0 gives exactly 0, with a zero derivative. E is data here: it is
-        detached (the density's gradient in the logits at fixed E is the score)."""
+        exp(r_i) E_i is computed as exp(r_i + log E_i), about Exp(1) in size, so that no
+        factor overflows for noise from another frame; E_i = 0 gives exactly 0, with a zero
+        derivative. E is data here: it is detached (the density's gradient in the logits at
+        fixed E is the score)."""
         noise = noise.detach()
-        safe_logits = torch.where(self._usable, self.logits, torch.zeros_like(self.logits))
+        safe_logits = torch.where(self._usable, self._relative_logits, torch.zeros_like(self.logits))
         positive = self._usable & (noise > 0)
         log_noise = torch.log(torch.where(positive, noise, torch.ones_like(noise)))
         # -inf inside the exp, not a where around it: exp(100) in the unused branch would send

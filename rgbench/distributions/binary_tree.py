@@ -358,9 +358,10 @@ class BinaryTree(StructuredDistribution):
         """E | T: E_v = sum of d_u over the segments S(u) that contain v (those of v and of
         its ancestors), with independent d_u ~ Exp(sum_{j in S(u)} lambda_j). Every node is
         chosen, so none gets fresh noise."""
+        self._check_frame()
         check = self._checked(trace)
         log_norm = subtree_logsumexp(self.logits, check)
-        step = scale_exponential(unit_exponential(log_norm.shape, log_norm, generator), log_norm)
+        step = scale_exponential(unit_exponential(log_norm.shape, log_norm, generator), log_norm - self.noise_shift)
         return path_sums(step, trace, check.jumps)
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:

@@ -252,7 +252,9 @@ class GreedyMatching(StructuredDistribution):
         return pool_log_prob(self._flat_logits, None, self._pool(trace), self._bounds)
 
     def noise_given_trace(self, trace, generator=None):
-        noise = pool_noise_given_trace(self._flat_logits, None, self._pool(trace), generator, self._bounds)
+        self._check_frame()
+        shift = self.noise_shift.flatten(-2)
+        noise = pool_noise_given_trace(self._flat_logits, None, self._pool(trace), shift, generator, self._bounds)
         return noise.unflatten(-1, (self.n, self.n))
 
     def _draw_sets(self, trace) -> Iterator[DrawSet]:

@@ -149,19 +149,22 @@ def pool_noise_given_trace(
     logits: torch.Tensor,
     usable: torch.Tensor | None,
     pool: PoolTrace,
+    shift: torch.Tensor,
     generator: torch.Generator | None = None,
     bounds: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """E | T, flat [..., K], reparameterised in ``logits``; +inf at unusable positions
+    """E | T, flat [..., K], reparameterised in ``logits``, in the noise frame of reference
+    log-rates ``shift`` [..., 1] (rates exp(logits - shift)); +inf at unusable positions
     (``bounds``: see :func:`log_normalizers`)."""
     log_norm = log_normalizers(logits, usable, pool, bounds)
     unit = unit_exponential(log_norm.shape, logits, generator)
-    steps = scale_exponential(unit, log_norm)
+    steps = scale_exponential(unit, log_norm - shift)
     # offset[t] = sum_{q < t} d_q, t = 0..S
     offset = torch.cat([torch.zeros_like(steps[..., :1]), steps.cumsum(-1)], -1)
     total = offset.gather(-1, pool.exit_time)
     fresh_unit = unit_exponential(total.shape, logits, generator)
-    safe = logits if usable is None else torch.where(usable, logits, torch.zeros_like(logits))
+    relative = logits - shift
+    safe = relative if usable is None else torch.where(usable, relative, torch.zeros_like(relative))
     # Everything gets fresh noise, then the chosen variables (S per row) are set back to
     # their total: far cheaper than a torch.where over all K variables on the CPU.
     noise = total + scale_exponential(fresh_unit, safe)

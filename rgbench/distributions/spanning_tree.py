@@ -546,25 +546,36 @@ class SpanningTree(StructuredDistribution):
     def noise_given_trace(self, trace, generator=None):
         pool = self._pool(trace)
         edge_logits = self._edge_values(self.logits)
-        noise = pool_noise_given_trace(edge_logits, self._pool_usable, pool, generator, self._pool_bounds)
+        self._check_frame()
+        shift = self.noise_shift.flatten(-2)
+        noise = pool_noise_given_trace(edge_logits, self._pool_usable, pool, shift, generator, self._pool_bounds)
         return self._edge_matrix(noise)
 
+    def _spread_values(self):
+        """The edge slots set the noise frame (the diagonal and lower triangle are never read)."""
+        return self._edge_values(self.logits.detach()), self._pool_usable
+
     def sample_noise(self, sample_shape=torch.Size(), generator=None):
-        """E ~ Exp(exp(logits)) drawn for the edge slots i < j only (half the draws of the full
-        matrix), shape ``sample_shape + logits.shape``; +inf elsewhere."""
+        """E ~ Exp(exp(logits - s)) (s = :attr:`noise_shift`) drawn for the edge slots i < j
+        only (half the draws of the full matrix), shape ``sample_shape + logits.shape``; +inf
+        elsewhere."""
         return self._edge_matrix(self._edge_noise(sample_shape, generator))
 
     def _edge_noise(self, sample_shape, generator) -> torch.Tensor:
         """E on the edge slots, ``sample_shape + batch_shape + (E,)``; +inf on unusable slots."""
-        edge_logits = self._edge_values(self.logits)
+        self._check_frame()
+        relative = self._edge_values(self.logits) - self.noise_shift.flatten(-2)
         usable = self._edge_usable
-        unit = unit_exponential(torch.Size(sample_shape) + usable.shape, edge_logits.detach(), generator)
+        unit = unit_exponential(torch.Size(sample_shape) + usable.shape, relative.detach(), generator)
+        if not (relative.requires_grad and torch.is_grad_enabled()):
+            relative = relative.detach()
+            if self._complete:
+                return unit.mul_(relative.neg_().exp_())
+            return unit.mul_(relative.masked_fill_(~usable, 0.0).neg_().exp_()).masked_fill_(~usable, torch.inf)
         if self._complete:
-            if self._moderate_logits and not (edge_logits.requires_grad and torch.is_grad_enabled()):
-                return unit.mul_(torch.exp(-edge_logits.detach()))  # see _moderate_logits
-            return scale_exponential(unit, edge_logits)
-        safe = torch.where(usable, edge_logits, torch.zeros_like(edge_logits))
-        return torch.where(usable, scale_exponential(unit, safe), torch.inf)
+            return unit * torch.exp(-relative)
+        # Rate 1 on the unusable slots before the exp (no inf * 0 in the backward pass).
+        return (unit * torch.exp(-relative.masked_fill(~usable, 0.0))).masked_fill(~usable, torch.inf)
 
     @cached_property
     def _upper_cells(self) -> torch.Tensor:

@@ -186,10 +186,13 @@ class TopK(StructuredDistribution):
         return (picked - log_norm).sum(-1)
 
     def noise_given_trace(self, trace, generator=None):
-        """E | T in O(n): the r-th pick's utility is d_0 + ... + d_r with d_q ~ Exp(Z_q); the
-        unpicked items get d_0 + ... + d_{k-1} plus a fresh Exp(lambda_i)."""
+        """E | T in O(n) (in the frame of :meth:`sample_noise`): the r-th pick's utility is
+        d_0 + ... + d_r with d_q ~ Exp(Z_q); the unpicked items get d_0 + ... + d_{k-1} plus
+        a fresh Exp(lambda_i)."""
+        self._check_frame()
         trace, _, log_norm = self._prefix(trace)
-        picked_noise = torch.cumsum(scale_exponential(unit_exponential(log_norm.shape, self.logits, generator), log_norm), -1)
+        unit = unit_exponential(log_norm.shape, self.logits, generator)
+        picked_noise = torch.cumsum(scale_exponential(unit, log_norm - self.noise_shift), -1)
         shape = trace.shape[:-1] + (self.n,)
         if self.k == self.n:  # every item is picked: no fresh noise
             return picked_noise.new_empty(shape).scatter_(-1, trace, picked_noise)
