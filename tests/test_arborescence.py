@@ -268,8 +268,8 @@ def test_copied_traces_are_validated_and_score_the_same():
 
 
 def test_a_solved_trace_edited_in_place_is_checked_again():
-    """Scoring skips the checks only for a trace solve returned, unchanged: after an edit
-    that makes a level-0 draw own a second node, the row checks refuse it."""
+    """After an edit that makes a level-0 draw own a second node, the row checks refuse a
+    trace that was scored before."""
     dist = Arborescence(random_logits(6, 2, seed=8))
     trace = dist.sample_with_trace((4,), generator=torch.Generator().manual_seed(1)).trace
     dist.trace_log_prob(trace)

@@ -304,9 +304,9 @@ def test_subtree_logsumexp_matches_masked_logsumexp(scale):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_solved_trees_score_exactly_like_validated_ones(dtype):
-    """A tree that solve returned skips validation (its segments come from the sampler):
-    log P(T), its gradient, E | T and the segments equal those of a copy of the tree."""
+def test_solved_trees_score_exactly_like_copies(dtype):
+    """log P(T), its gradient, E | T and the segments of a tree that solve returned equal
+    those of a copy of the tree (nothing is remembered between solve and scoring)."""
     dist = random_dist(40, batch_shape=(4,), seed=13, dtype=dtype, requires_grad=True)
     trace = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(1)).trace
     copy = trace.clone()

@@ -416,23 +416,21 @@ def test_merge_times_match_union_find_at_n50():
 
 @pytest.mark.parametrize("n", [2, 3, 7, 50])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_solved_traces_score_exactly_like_replayed_ones(n, dtype):
-    """A trace that solve returned is scored from Prim's order (no replay): the merge times
-    equal the union-find ones, and log P(T), its gradient and E | T equal those of a copy
-    of the trace, which the memo does not know."""
+def test_solved_traces_score_exactly_like_copies(n, dtype):
+    """The merge times of sampled traces equal the union-find ones, and log P(T), its
+    gradient and E | T of a trace solve returned equal those of a copy of it."""
     logits = SpanningTree.random_logits(n, (4,), generator=torch.Generator().manual_seed(n), dtype=dtype)
     dist = SpanningTree(logits.requires_grad_())
     trace = dist.sample_with_trace((3,), generator=torch.Generator().manual_seed(1)).trace
-    n_known, position, gap = spanning_tree._SOLVED.get(trace)
-    assert n_known == n and spanning_tree._SOLVED.get(trace.clone()) is None
     tables = [python_merge_times(t, n) for t in trace.reshape(-1, n - 1, 2).tolist()]
     expected = torch.tensor([[table[i][j] for i, j in combinations(range(n), 2)] for table in tables])
-    assert torch.equal(spanning_tree._range_max(gap, position, n).reshape(expected.shape), expected)
-    solved, replayed = dist.trace_log_prob(trace), dist.trace_log_prob(trace.clone())
-    assert torch.equal(solved, replayed)
+    times, joins = merge_times(trace, n)
+    assert joins.all() and torch.equal(times.reshape(expected.shape), expected)
+    solved, copied = dist.trace_log_prob(trace), dist.trace_log_prob(trace.clone())
+    assert torch.equal(solved, copied)
     (grad_solved,) = torch.autograd.grad(solved.sum(), logits)
-    (grad_replayed,) = torch.autograd.grad(replayed.sum(), logits)
-    assert torch.equal(grad_solved, grad_replayed)
+    (grad_copied,) = torch.autograd.grad(copied.sum(), logits)
+    assert torch.equal(grad_solved, grad_copied)
     noise = [dist.noise_given_trace(t, torch.Generator().manual_seed(2)) for t in (trace, trace.clone())]
     assert torch.equal(*noise)
 

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
-from rgbench.distributions.solved import SolvedTraces
 
 
 class ArborescenceTrace(NamedTuple):
@@ -179,9 +178,6 @@ def _batched_cycles(comp: torch.Tensor, pick_tail: torch.Tensor, labels: torch.T
     return on_cycle, torch.where(on_cycle, low, labels)
 
 
-# Traces that solve returned, with the (n, root) they were solved for: scoring them skips
-# the structural replay.
-_SOLVED = SolvedTraces()
 
 
 class _Level(NamedTuple):
@@ -251,9 +247,9 @@ class Arborescence(StructuredDistribution):
     level touches only the (row, super-node) pairs that draw, so its cost is a fixed number
     of small ops (plus two per step of the longest walk). ``trace_log_prob`` and
     ``noise_given_trace`` have no loop over levels: O(n^2 + a n^2) time (a batched matrix
-    product over the a contracted draws) and O(n^2 + a n) memory. Traces that ``solve`` did
-    not return (copies, edits, expansions) are first validated by an O(n log n)-per-level
-    replay.
+    product over the a contracted draws) and O(n^2 + a n) memory. Every trace is first
+    validated by an O(n log n)-per-level replay (nothing is remembered from ``solve``: an
+    edited trace is always checked).
 
     Example:
         >>> d = Arborescence(torch.zeros(4, 4), root=0)
@@ -477,7 +473,6 @@ class Arborescence(StructuredDistribution):
         x = self._expand(levels, tail0)
         trace = self._assemble(levels, tail0)
         trace = ArborescenceTrace(*(t.reshape(lead + t.shape[1:]) for t in trace))
-        _SOLVED.add(trace, (n, root))
         return x.reshape(lead + (n,)), trace
 
     def _assemble(self, levels: list[_Level], tail0: torch.Tensor) -> ArborescenceTrace:
@@ -560,16 +555,12 @@ class Arborescence(StructuredDistribution):
         """A trace checked completely: it must be exactly what ``solve`` records for some
         noise. Cheap row checks (padding layout, level-0 rows, each edge enters its owner
         from outside on a usable edge, owners of contractions hold >= 2 nodes and not the
-        root); the owners themselves are checked by :meth:`_replay_errors` unless ``solve``
-        produced this very trace."""
-        solved = _SOLVED.get(trace) == (self.n, self.root)
+        root); the owners themselves are checked by :meth:`_replay_errors`."""
         edges, members, lead = self._check_trace(trace)
         n, m = self.n, self.num_draws
         edges, members = edges.reshape(lead.numel(), m, 2), members.reshape(lead.numel(), m, n)
         active = edges[..., 0] >= 0
-        if m == 0 or active.numel() == 0 or (solved and self._all_finite):
-            # A trace solve returned is valid by construction; with finite logits, the same
-            # n and root, so are its edges here.
+        if m == 0 or active.numel() == 0:
             return _Draws(edges, members, active, lead)
         batch = edges.shape[0]
         usable = self._usable.expand(lead + (n, n)).reshape(batch, n * n)
@@ -590,9 +581,7 @@ class Arborescence(StructuredDistribution):
         contracted = members[:, n - 1 :]
         more = contracted.scatter(-1, head[:, n - 1 :].unsqueeze(-1), False).any(-1)
         errors[:, n - 1 :] |= active[:, n - 1 :] & (contracted[..., self.root] | ~more)
-        bad = errors.any(1)
-        if not solved:
-            bad = bad | self._replay_errors(edges, members, active)
+        bad = errors.any(1) | self._replay_errors(edges, members, active)
         if bool(bad.any()):
             raise ValueError(
                 f"{type(self).__name__}: trace does not belong to this distribution (a draw picks an edge "

@@ -16,7 +16,6 @@ import torch
 from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
-from rgbench.distributions.solved import SolvedTraces
 
 
 def _block_minima(key: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -174,11 +173,6 @@ def segment_logsumexp(logits: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) 
     return total
 
 
-# Trees that solve returned, with (n, lo, hi): their segments, known from the nearest
-# smaller noise values on either side.
-_SOLVED = SolvedTraces()
-
-
 class TreeCheck(NamedTuple):
     """Whether each parent array is a binary tree with in-order 0..n-1 (``valid`` [...]),
     every node's segment lo..hi ([..., n] each, meaningful where valid) and the array's
@@ -324,8 +318,7 @@ class BinaryTree(StructuredDistribution):
 
     # ------------------------------------------------------------------ kernels
     def _solve(self, noise):
-        parent, lo, hi = cartesian_parent(noise)
-        _SOLVED.add(parent, (self.n, lo, hi))  # a valid tree: scoring it skips validation
+        parent, _, _ = cartesian_parent(noise)
         return parent, parent
 
     def indicator(self, x):
@@ -337,12 +330,8 @@ class BinaryTree(StructuredDistribution):
     def _checked(self, trace) -> TreeCheck:
         """Validate ``trace``; its check holds node v's segment lo_v..hi_v and the jump tables."""
         name, n = type(self).__name__, self.n
-        solved = _SOLVED.get(trace)
         lead = self._trace_lead_shape(trace, (n,))
         trace = trace.expand(lead + (n,))
-        if solved is not None and solved[0] == n:  # a tree solve returned, unchanged
-            lo, hi = (bound.expand(lead + (n,)) for bound in solved[1:])
-            return TreeCheck(torch.ones(lead, dtype=torch.bool, device=trace.device), lo, hi, ancestor_jumps(trace))
         check = check_parent_array(trace)
         if not bool(check.valid.all()):
             raise ValueError(f"{name}: {describe_invalid(trace)}")

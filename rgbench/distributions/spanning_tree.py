@@ -22,9 +22,9 @@ Fast kernels (batched, no Python loop over samples):
   n(n-1)/2 edge slots i < j as a flat list: edge e leaves the pool at its *exit time* M_e,
   the step after which its endpoints share a component (a tree edge picked at step s has
   M_e = s + 1). M_e is the largest step on the tree path between the endpoints, found in
-  O(n^2) from a dendrogram leaf order (see :func:`merge_times`). For a trace that ``solve``
-  returned the order is Prim's (:func:`prim_order`), remembered by the sampler, so scoring
-  it skips the sequential replay of the merges.
+  O(n^2) from a dendrogram leaf order (see :func:`merge_times`), replayed from the trace
+  itself every time (no facts are cached between ``solve`` and scoring: an edited trace is
+  always checked).
 
 The generic per-step candidate sets (:meth:`SpanningTree._draw_sets`, O(n^3)) remain for
 the base class's reference paths and the tests.
@@ -41,11 +41,8 @@ from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
-from rgbench.distributions.solved import SolvedTraces
 
 _INT64_MAX = torch.iinfo(torch.int64).max
-# Traces that solve returned, with (n, position, gap) of the dendrogram order Prim found.
-_SOLVED = SolvedTraces()
 
 
 class KruskalRecursion(spec.Recursion):
@@ -235,26 +232,6 @@ def dendrogram_order(trace: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.T
     return position, gap, joins
 
 
-def prim_order(nodes: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The leaf order of :func:`dendrogram_order` from a Prim run instead of a replay:
-    ``nodes`` [..., n-1] in the order Prim added them after node 0, ``step`` [..., n-1] the
-    Kruskal step of the edge that added each. Returns (position, gap), each [..., n].
-
-    Prim's order is a valid leaf order (as in an OPTICS reachability plot): at any step t,
-    the components of the tree edges up to t are contiguous in it, since Prim uses no edge
-    later than t while a component it has entered still has nodes left; and a component
-    starts exactly at the positions whose joining step is later than t. So two nodes share
-    a component after step t iff every gap between them is at most t. O(n) per sample.
-    """
-    lead, n = nodes.shape[:-1], nodes.shape[-1] + 1
-    start = nodes.new_zeros(lead + (1,))
-    order = torch.cat([start, nodes], -1)
-    index = torch.arange(n, device=nodes.device).expand(order.shape)
-    return torch.empty_like(order).scatter_(-1, order, index), torch.cat([start, step + 1], -1)
-
-
-
-
 def _range_max(gap: torch.Tensor, position: torch.Tensor, n: int) -> torch.Tensor:
     """For every pair i < j (row-major), max of ``gap`` [..., n] over the positions
     (min(p_i, p_j), max(p_i, p_j)], with p = ``position`` [..., n] (in 0..n-1).
@@ -442,25 +419,20 @@ class SpanningTree(StructuredDistribution):
         n = self.n
         if values.dtype == torch.float64:
             weights = self._symmetric(values)
-            _, ids, nodes = prim_two_keys(weights, self._edge_keys)
+            _, ids, _ = prim_two_keys(weights, self._edge_keys)
             # Kruskal's order: by E, ties by flat index (a stable sort after sorting the ids).
-            key, by_id = ids.sort(-1)
+            key = ids.sort(-1).values
             w = weights.flatten(-2).gather(-1, key)
-            by_value = w.sort(dim=-1, stable=True).indices
-            key, prim_step = key.gather(-1, by_value), by_id.gather(-1, by_value)
+            key = key.gather(-1, w.sort(dim=-1, stable=True).indices)
         else:
             # Pack (E, index) into one int64 whose order is lexicographic: E's order-preserving
             # bits above, the index (< 2^32) below. float16/bfloat16 widen to float32 exactly.
             # torch.add computes in int64, so bits * 2^32 does not overflow.
             bits = values.float().view(torch.int32) if nonnegative else _ordered_bits(values.float())
             packed = torch.add(self._slot_keys, bits, alpha=2**32)
-            keys, nodes = prim_packed(self._symmetric(packed))
-            key, prim_step = keys.sort(-1)
-            key = key & 0xFFFFFFFF
+            keys, _ = prim_packed(self._symmetric(packed))
+            key = keys.sort(-1).values & 0xFFFFFFFF
         trace = torch.stack([key // n, key % n], -1)
-        # Remember the dendrogram order Prim found, so scoring this trace skips the replay.
-        steps = torch.arange(n - 1, device=key.device).expand(key.shape)
-        _SOLVED.add(trace, (n, *prim_order(nodes, torch.empty_like(steps).scatter_(-1, prim_step, steps))))
         ordered = key.sort(-1).values
         return torch.stack([ordered // n, ordered % n], -1), trace
 
@@ -516,19 +488,14 @@ class SpanningTree(StructuredDistribution):
     def _pool(self, trace) -> PoolTrace:
         """Exit times of all edges: M_e = merge time of e's endpoints (see :func:`merge_times`)."""
         name, n = type(self).__name__, self.n
-        solved = _SOLVED.get(trace)
         trace = self._check_trace(trace)
         chosen = self._edge_slot(trace[..., 0], trace[..., 1])
         usable = self._pool_usable
         on_graph = True
         if usable is not None:
             on_graph = usable.expand(chosen.shape[:-1] + usable.shape[-1:]).gather(-1, chosen).all()
-        if solved is not None and solved[0] == n:  # a trace solve returned, unchanged: it joins
-            shape = trace.shape[:-2] + (n,)
-            times, joins = _range_max(solved[2].expand(shape), solved[1].expand(shape), n), True
-        else:
-            times, joins = merge_times(trace, n)
-            joins = joins.all()
+        times, joins = merge_times(trace, n)
+        joins = joins.all()
         if not bool(on_graph & joins):
             reason = "an edge inside one component (a repeat or a cycle)"
             if not bool(on_graph):
