@@ -1,6 +1,6 @@
 """``rgbench check``: the CI regression check on estimator variance and bias.
 
-    rgbench check                  # compare with baselines/variance-check.json; exit 1 on FAIL
+    rgbench check                  # compare with the packaged baseline; exit 1 on FAIL
     rgbench check --seed 7         # the same, on a fresh independent sample
     rgbench check --update         # recompute and rewrite the baseline (the only way it changes)
 
@@ -37,8 +37,7 @@ def _command(update: bool, baseline: Path | None, seed: int, dists, sizes, estim
 
 def check(
     baseline: Annotated[Optional[Path], typer.Option(
-        help="Baseline JSON. Default: baselines/variance-check.json in the source checkout rgbench is "
-             "imported from (else in the working directory).")] = None,
+        help="Baseline JSON. Default: rgbench/baselines/variance-check.json, shipped inside the package.")] = None,
     update: Annotated[bool, typer.Option(
         "--update", help="Recompute every cell and rewrite the baseline instead of comparing.")] = False,
     seed: Annotated[Optional[int], typer.Option(
@@ -57,13 +56,19 @@ def check(
     """Check that no estimator's variance rose and no unbiased estimator became biased.
 
     Recomputes a fixed grid (every structure at n=3,4 x e-/t-/x-reinforce, e-/t-loo, relax, sst,
-    K=4, R=10000, CPU, float64, fixed seeds) and compares it with the committed baseline: a
+    K=4, R=10000, CPU, float64, fixed seeds; plus t-reinforce and t-loo at n=3 in float32, plain
+    and with every logit shifted by +-105) and compares it with the packaged baseline: a
     one-sided z-test on log(V_cur / V_base) per cell, a z-test of every coordinate of each
-    unbiased estimator's mean against the exact gradient, Bonferroni over all tests at a
-    family-wise false-alarm rate of 1e-3. Exit 1 when a cell FAILs (variance rose, biased,
-    missing, raising, or newly skipped), naming the cells.
+    unbiased estimator's mean against the exact gradient (itself checked against finite
+    differences), Bonferroni over all tests at a family-wise false-alarm rate of 1e-3. Exit 1
+    when a cell FAILs (variance rose, biased, missing, raising, newly skipped, or measured
+    without baseline numbers), naming the cells, or when the baseline is invalid or lacks
+    cells of the grid. --dists/--sizes/--estimators run a subset and compare only its cells.
+    `rgbench check --update` is the one way to regenerate the baseline.
     """
     path = baseline if baseline is not None else checks.default_baseline_path()
+    # A subset run compares only its own cells; the full run needs every baseline cell.
+    subset = any(value is not None for value in (dists, sizes, estimators))
     size_values = None if sizes is None else parse_ints(sizes, "--sizes")
     dist_names = None if dists is None else parse_names(dists)
     estimator_names = None if estimators is None else parse_names(estimators)
@@ -85,6 +90,10 @@ def check(
         reason = checks.comparable(reference, grid)
         if reason is not None:
             fail(reason)
+        lacking = checks.lacking_cells(reference, grid, subset=subset)
+        if lacking:
+            fail(f"baseline {path} lacks {len(lacking)} cell(s) of the grid being run (first: {lacking[0]}); "
+                 "regenerate it with `rgbench check --update`")
     run_seed = seed if seed is not None else (reference.seed if reference is not None else checks.DEFAULT_SEED)
     instance_seed = reference.instance_seed if reference is not None else run_seed
 
@@ -99,7 +108,7 @@ def check(
         current.save(path)
         comparison = checks.self_check(current)
     else:
-        comparison = checks.compare(reference, current)
+        comparison = checks.compare(reference, current, subset=subset)
     if not quiet:
         typer.echo(checks.format_table(comparison))
     summary = comparison.summary() + f" ({seconds:.0f} s)"

@@ -29,6 +29,7 @@ from rich.table import Table
 from rgbench import check_cli, distributions, estimators, tasks, training_cli
 from rgbench.cli_parsing import fail, parse_ints, parse_names
 from rgbench.harness import DEFAULT_ESTIMATORS, DEFAULT_SIZES, SpeedGrid, VarianceGrid, run_speed, run_variance
+from rgbench.harness.results import MEASURED
 from rgbench.reports.format import bracketed, number, with_interval
 
 app = typer.Typer(
@@ -135,7 +136,7 @@ def _variance_table(frame) -> Table:
                    "var × s", "status"):
         table.add_column(escape(column), justify="left" if column in ("dist", "estimator", "status") else "right")
     for _, row in frame.iterrows():
-        ok = row["status"] == "ok"
+        ok = row["status"] in MEASURED
         _add_row(
             table, row["dist"], str(row["n"]), row["estimator"], str(row["K"]),
             bracketed(row["bias"], row["bias_lo"], row["bias_hi"]) if ok else "",
@@ -143,7 +144,7 @@ def _variance_table(frame) -> Table:
             with_interval(row["cosine"], row["cosine_lo"], row["cosine_hi"]) if ok else "",
             with_interval(row["time_median_s"] * 1e3, row["time_lo_s"] * 1e3, row["time_hi_s"] * 1e3) if ok else "",
             with_interval(row["work_var"], row["work_var_lo"], row["work_var_hi"]) if ok else "",
-            "ok" if ok else f"{row['status']}: {row['reason']}",
+            "ok" if row["status"] == "ok" else f"{row['status']}: {row['reason']}",
         )
     return table
 

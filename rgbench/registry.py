@@ -34,6 +34,15 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (a registered name, not an alias) and its aliases; returns the
+        entry. For entries registered for a while, e.g. by a test."""
+        if name not in self._entries:
+            raise ValueError(f"unregister: {self.kind} {name!r} is not registered (aliases cannot be removed alone)")
+        for alias in [alias for alias, target in self._aliases.items() if target == name]:
+            del self._aliases[alias]
+        return self._entries.pop(name)
+
     def canonical(self, name: str) -> str:
         """The registered name for `name` or one of its aliases."""
         key = self._aliases.get(name, name)

@@ -26,7 +26,7 @@ import typer
 from scipy import stats
 from typer.testing import CliRunner
 
-from rgbench import estimators
+from rgbench import estimators, tasks
 from rgbench.check_cli import register
 from rgbench.estimators.loo import TLeaveOneOut
 from rgbench.harness import check as checks
@@ -330,7 +330,8 @@ def _app() -> typer.Typer:
     return app
 
 
-SMALL = ["--dists", "topk", "--sizes", "3", "--estimators", "t-reinforce,t-loo", "--replicates", "300"]
+# n=4: no float32 / shifted variant cells (those are at n=3), so these runs do not depend on them
+SMALL = ["--dists", "topk", "--sizes", "4", "--estimators", "t-reinforce,t-loo", "--replicates", "300"]
 
 
 def test_update_writes_a_baseline_that_then_passes(tmp_path):
@@ -342,22 +343,172 @@ def test_update_writes_a_baseline_that_then_passes(tmp_path):
 
     same = runner.invoke(app, ["check", "--baseline", str(path), *SMALL])
     assert same.exit_code == 0, same.output
-    for text in ("topk/n=3/t-loo/K=4", "base V", "verdict", "PASS", "check passed"):
+    for text in ("topk/n=4/t-loo/K=4", "base V", "verdict", "PASS", "check passed"):
         assert text in same.stdout
     fresh = runner.invoke(app, ["check", "--baseline", str(path), "--seed", "5", "--quiet", *SMALL])
     assert fresh.exit_code == 0, fresh.output
     assert fresh.stdout.strip().startswith("check passed")
 
 
-def test_the_command_fails_with_one_line_naming_missing_cells(tmp_path):
+def test_a_subset_run_compares_only_its_cells(tmp_path):
+    """Point 4: --estimators t-reinforce against a baseline that also holds t-loo passes
+    (it used to fail naming the t-loo cell as missing)."""
     runner, app, path = CliRunner(), _app(), tmp_path / "baseline.json"
     assert runner.invoke(app, ["check", "--update", "--baseline", str(path), "--quiet", *SMALL]).exit_code == 0
     fewer = [*SMALL[:4], "--estimators", "t-reinforce", *SMALL[6:]]
-    result = runner.invoke(app, ["check", "--baseline", str(path), "--quiet", *fewer])
-    assert result.exit_code == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "topk/n=3/t-loo/K=4 (missing from this run)" in lines[0]
+    result = runner.invoke(app, ["check", "--baseline", str(path), *fewer])
+    assert result.exit_code == 0, result.output
+    assert "topk/n=4/t-reinforce/K=4" in result.stdout and "topk/n=4/t-loo/K=4" not in result.stdout
     assert "Traceback" not in result.output
+
+
+def test_a_full_run_needs_every_cell_of_its_grid_in_the_baseline(tmp_path):
+    """The default (full) grid against a baseline made for a subset: a one-line error
+    naming a lacking cell, before anything is computed; no traceback."""
+    runner, app, path = CliRunner(), _app(), tmp_path / "baseline.json"
+    assert runner.invoke(app, ["check", "--update", "--baseline", str(path), "--quiet", *SMALL]).exit_code == 0
+    result = runner.invoke(app, ["check", "--baseline", str(path), "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "lacks" in line and "cell(s) of the grid being run (first: topk/n=3/e-reinforce/K=4)" in line
+
+
+def _saved(tmp_path, edit):
+    """The small baseline written by --update, then ``edit(data)`` applied to its JSON."""
+    path = tmp_path / "baseline.json"
+    assert CliRunner().invoke(_app(), ["check", "--update", "--baseline", str(path), "--quiet", *SMALL]).exit_code == 0
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+CELL = "topk/n=4/t-loo/K=4"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("variance", "abc", "variance must be a number, got 'abc'"),
+    ("variance", -1.0, "variance must be a finite number >= 0, got -1.0"),
+    ("variance", "nan", "variance must be a finite number >= 0, got nan"),
+    ("variance_se", None, "variance_se must be a number, got None"),
+    ("replicates", 2.5, "replicates must be an int >= 2, got 2.5"),
+    ("unbiased", "yes", "unbiased must be a bool, got 'yes'"),
+    ("status", "bogus", "status must be one of ok, skipped, error, got 'bogus'"),
+])
+def test_invalid_baseline_values_are_one_line_errors_naming_cell_and_field(tmp_path, field, value, message):
+    path = _saved(tmp_path, lambda data: data["cells"][CELL].__setitem__(field, value))
+    result = CliRunner().invoke(_app(), ["check", "--baseline", str(path), "--quiet", *SMALL])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert f"cell {CELL}: {message}" in line, line
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda data: data.__setitem__("cells", {}), "has no cells"),
+    (lambda data: data["cells"].pop(CELL), f"lacks 1 cell(s) of its own grid (first: {CELL})"),
+    (lambda data: data.__setitem__("cells", []), "cells must be an object"),
+])
+def test_an_empty_or_incomplete_baseline_is_an_error(tmp_path, edit, message):
+    path = _saved(tmp_path, edit)
+    result = CliRunner().invoke(_app(), ["check", "--baseline", str(path), "--quiet", *SMALL])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert message in line, line
+
+
+@pytest.mark.parametrize("status", ["error", "skipped"])
+def test_a_status_edit_cannot_drop_the_variance_test(tmp_path, status):
+    """The run decides what is measurable: a cell it measured whose baseline says error or
+    skipped FAILs (no numbers to compare), it does not silently lose its test."""
+    path = _saved(tmp_path, lambda data: data["cells"][CELL].update(status=status, reason="edited"))
+    result = CliRunner().invoke(_app(), ["check", "--baseline", str(path), "--quiet", *SMALL])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{CELL} (measured, but the baseline records it {status} (edited)" in result.stderr
+
+
+class InflatedLOO(TLeaveOneOut):
+    """T-LOO times 1.5, still claiming to be unbiased."""
+
+    def estimate(self, dist, objective, num_replicates=1, generator=None):
+        return 1.5 * super().estimate(dist, objective, num_replicates=num_replicates, generator=generator)
+
+
+def test_a_biased_cell_new_to_the_baseline_fails(tmp_path):
+    """Point 3: a cell outside the baseline's grid gets the bias test and FAILs when biased
+    (t-loo x 1.5: |z| near 20 at R = 1000); an unbiased new cell is NEW, not failing."""
+    estimators.ESTIMATORS.register("t-loo-x1.5")(InflatedLOO)
+    try:
+        path = _saved(tmp_path, lambda data: None)
+        args = ["check", "--baseline", str(path), "--quiet", "--dists", "topk", "--sizes", "4", "--replicates", "1000"]
+        bad = CliRunner().invoke(_app(), [*args, "--estimators", "t-loo-x1.5"])
+        good = CliRunner().invoke(_app(), [*args, "--estimators", "e-loo"])
+    finally:
+        estimators.ESTIMATORS.unregister("t-loo-x1.5")
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert "topk/n=4/t-loo-x1.5/K=4 (not in the baseline (bias tested only); biased:" in bad.stderr
+    assert good.exit_code == 0 and "0 passed, 0 skipped, 1 new" in good.stdout, good.output
+
+
+def test_the_grid_has_float32_and_shifted_cells_checked_against_the_float64_gradient():
+    """Point 5: every structure at n=3 in float32, plain and with logits shifted by +-105
+    (float32 exp() overflows past about 88); the shifted law equals the unshifted one, so the
+    float64 exact gradient is their reference."""
+    names = {cell.name for cell in CheckGrid().cells()}
+    for dist in CheckGrid().dists:
+        for suffix in ("float32", "float32/shift=+105", "float32/shift=-105"):
+            assert f"{dist}/n=3/t-loo/K=4/{suffix}" in names
+    seen = {}
+
+    def record(draws, dist, objective, generator):
+        seen[(dist.logits.dtype, round(float(dist.logits.mean()), 1))] = draws.dtype
+        return draws
+
+    grid = CheckGrid(dists=("topk",), sizes=(3,), estimators=("t-loo",), replicates=200)
+    run = run_check(grid, 0, estimator_factory=lambda cell: Perturbed(default_estimator_factory(cell), record))
+    assert list(run.cells) == ["topk/n=3/t-loo/K=4", "topk/n=3/t-loo/K=4/float32",
+                               "topk/n=3/t-loo/K=4/float32/shift=+105", "topk/n=3/t-loo/K=4/float32/shift=-105"]
+    (plain,) = [mean for dtype, mean in seen if dtype == torch.float64]
+    assert {(dtype, mean - plain) for dtype, mean in seen} == {
+        (torch.float64, 0.0), (torch.float32, 0.0), (torch.float32, 105.0), (torch.float32, -105.0)}
+
+
+def test_a_wrong_backward_pass_is_caught_by_finite_differences():
+    """The exact gradient's own oracle: a reference that is off on one coordinate raises,
+    the true one passes."""
+    dist = tasks.make_instance("cle", 3, generator=torch.Generator().manual_seed(0))
+    objective = tasks.get("quadratic").build(dist, torch.Generator().manual_seed(1))
+    _, exact = estimators.exact_gradient(dist, objective)
+    checks.finite_difference_check(dist, objective, exact)
+    wrong = exact.clone()
+    wrong[1, 2] += 1e-3
+    with pytest.raises(ValueError, match="disagrees with central finite differences"):
+        checks.finite_difference_check(dist, objective, wrong)
+
+
+def test_the_baseline_ships_as_package_data():
+    """Point 6: the default path is found through importlib.resources inside the package,
+    and pyproject declares it as package data (so a normal install carries it)."""
+    import tomllib
+    from importlib import resources
+    from pathlib import Path
+
+    import rgbench
+
+    path = checks.default_baseline_path()
+    assert path == Path(str(resources.files("rgbench") / "baselines" / "variance-check.json"))
+    assert path.is_file() and Path(rgbench.__file__).resolve().parent in path.resolve().parents
+    pyproject = tomllib.loads((Path(rgbench.__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert "baselines/*.json" in pyproject["tool"]["setuptools"]["package-data"]["rgbench"]
+
+
+def test_save_is_atomic(tmp_path, monkeypatch, baseline):
+    """A failed write leaves the old file and no temporary file behind."""
+    path = tmp_path / "b.json"
+    path.write_text("old")
+    monkeypatch.setattr(checks.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        baseline.save(path)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["b.json"]
 
 
 def test_user_errors_exit_cleanly(tmp_path):

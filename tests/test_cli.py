@@ -205,3 +205,34 @@ def test_every_option_has_help():
                 assert getattr(param, "help", None), f"{name} {param.name}"
     result = _run("variance", "--help")
     assert result.exit_code == 0 and "--replicates" in result.output
+
+
+def test_a_biased_unbiased_estimator_is_flagged_on_the_console_tables_and_report(tmp_path):
+    """t-loo x 1.5 registered as unbiased (8.6 standard errors off at R = 1000, threshold
+    3.8): status "biased" in the console table, BIASED in tables.md/.tex, a warning on
+    stderr and in report.md; the unchanged t-loo stays "ok"."""
+    from rgbench.estimators.loo import TLeaveOneOut
+
+    class InflatedLOO(TLeaveOneOut):
+        def estimate(self, dist, objective, num_replicates=1, generator=None):
+            return 1.5 * super().estimate(dist, objective, num_replicates=num_replicates, generator=generator)
+
+    estimators.ESTIMATORS.register("t-loo-x1.5")(InflatedLOO)
+    try:
+        result = _run("variance", "--dist", "topk", "--sizes", "3", "--estimators", "t-loo,t-loo-x1.5",
+                      "--replicates", "1000", "--timing-repeats", "1", "--no-figures", "--out", tmp_path)
+    finally:
+        estimators.ESTIMATORS.unregister("t-loo-x1.5")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if "t-loo" in line]
+    assert any("t-loo-x1.5" in line and "biased: registered unbiased" in line for line in lines), result.stdout
+    assert any("t-loo-x1.5" not in line and line.rstrip(" │").endswith("ok") for line in lines), result.stdout
+    assert "t-loo-x1.5 at n=3 is flagged biased" in result.stderr
+    assert "t-loo-x1.5 at n=3 is flagged biased" in (tmp_path / "report.md").read_text()
+    tables = (tmp_path / "tables.md").read_text()
+    (flagged,) = [line for line in tables.splitlines() if line.startswith("| t-loo-x1.5 ")]
+    assert "BIASED" in flagged and "BIASED" not in [line for line in tables.splitlines() if line.startswith("| t-loo ")][0]
+    assert "- biased: t-loo-x1.5 at n = 3: registered unbiased" in tables
+    assert "\\textbf{BIASED}" in (tmp_path / "tables.tex").read_text()
+    frame = pd.read_csv(tmp_path / "variance.csv")
+    assert frame.set_index("estimator")["status"].to_dict() == {"t-loo": "ok", "t-loo-x1.5": "biased"}

@@ -20,6 +20,7 @@ from scipy import stats
 
 from rgbench import distributions, estimators
 from rgbench.estimators.base import Estimator
+from rgbench.estimators.loo import TLeaveOneOut
 from rgbench.harness import Results, SpeedGrid, VarianceGrid, run_speed, run_variance
 from rgbench.harness.reference import compute_reference
 from rgbench.harness.results import VARIANCE_SCHEMA, VARIANCE_TIMING_COLUMNS, apply_schema
@@ -411,3 +412,78 @@ def test_variance_run_on_cuda():
     assert (frame["peak_memory_mb"] > 0).all()
     exact = _row(frame, estimator="exact")
     assert exact["total_var"] == 0 and exact["bias"] < 1e-12
+
+
+# ---------------------------------------------------------------------------- the bias flag
+class InflatedLOO(TLeaveOneOut):
+    """T-LOO times 1.5: still registered as unbiased, but its mean is 1.5 x the gradient."""
+
+    def estimate(self, dist, objective, num_replicates=1, generator=None):
+        return 1.5 * super().estimate(dist, objective, num_replicates=num_replicates, generator=generator)
+
+
+@pytest.fixture
+def inflated():
+    """``t-loo-x1.5`` in the public registry for one test only."""
+    estimators.ESTIMATORS.register("t-loo-x1.5")(InflatedLOO)
+    yield "t-loo-x1.5"
+    estimators.ESTIMATORS.unregister("t-loo-x1.5")
+
+
+def test_a_biased_estimator_registered_as_unbiased_is_flagged(inflated):
+    """At R = 1000 the inflation puts the largest coordinate 8.6 standard errors off (the
+    flag's threshold is 3.8 for these 3 coordinates); the unchanged t-loo on the same fixed
+    seed is not flagged (false-alarm rate <= 1e-3 per cell)."""
+    frame = run_variance(_grid(dists=("topk",), sizes=(3,), estimators=("t-loo", inflated), replicates=1000)).frame
+    bad, good = _row(frame, estimator=inflated), _row(frame, estimator="t-loo")
+    assert bad["unbiased"] and bad["status"] == "biased", bad["reason"]
+    assert "excludes 0" in bad["reason"] and f"{bad['bias_flag_lo']:.3g}" in bad["reason"]
+    assert bad["bias_flag_lo"] > 0 and bad["bias_z"] > 5
+    assert good["status"] == "ok" and good["bias_flag_lo"] == 0 and good["bias_z"] < 3.8, good["reason"]
+    assert estimators.ESTIMATORS.get(inflated) is InflatedLOO
+
+
+def test_unregister_removes_the_name_and_its_aliases():
+    registry = estimators.ESTIMATORS
+    registry.register("tmp-est", aliases=("tmp-alias",))(InflatedLOO)
+    assert registry.unregister("tmp-est") is InflatedLOO
+    assert "tmp-est" not in registry and "tmp-alias" not in registry
+    with pytest.raises(ValueError, match="'tmp-est' is not registered"):
+        registry.unregister("tmp-est")
+
+
+def test_a_zero_width_interval_of_a_missed_rare_event_is_not_flagged():
+    """topk n=4 at logit scale 60 (float64): the exact gradient, 2.5e-13 per coordinate, comes
+    from a trace of probability 1.3e-13 that none of the R x K draws hits, so every replicate
+    is exactly 0 and the plain z-box is [3.6e-13, 3.6e-13]. The degenerate-coordinate term
+    ln(1/alpha)/R x max|L| covers it; without the objective's scale it would be flagged."""
+    grid = _grid(dists=("topk",), sizes=(4,), estimators=("t-reinforce", "e-loo"), replicates=300, logit_scale=60.0)
+    frame = run_variance(grid).frame
+    for name in ("t-reinforce", "e-loo"):
+        row = _row(frame, estimator=name)
+        assert row["status"] == "ok" and row["total_var"] == 0, row["reason"]
+        assert 1e-13 < row["bias"] < 1e-12 and row["bias_lo"] == 0 and row["bias_flag_lo"] == 0
+    # the same replicates with the objective's scale unknown (0): the bare zero-width box
+    zeros = torch.zeros(300, 4, dtype=torch.float64)
+    exact = torch.tensor([0.0, 2.5e-13, 0.0, -2.5e-13], dtype=torch.float64)
+    bare = gradient_statistics(zeros, exact, resamples=10)
+    assert bare["bias_flagged"] and bare["bias_lo"] == pytest.approx(bare["bias"])
+    scaled = gradient_statistics(zeros, exact, resamples=10, objective_scale=4.0)
+    assert not scaled["bias_flagged"] and scaled["bias_lo"] == 0
+    # a deterministic bias beyond that allowance is still flagged: ln(1e3)/300 x 4 = 0.092
+    shifted = gradient_statistics(zeros + 0.5, torch.zeros(4, dtype=torch.float64), resamples=10, objective_scale=4.0)
+    assert shifted["bias_flagged"]
+
+
+def test_the_flag_rate_is_per_cell_bonferroni_over_coordinates():
+    """A coordinate 3.5 standard errors off: outside the 95% box (z = 2.39 for m = 3) but
+    inside the 1e-3 flag box (z = 3.81), so the 95% interval alone excludes 0, unflagged."""
+    r = 400
+    g = torch.randn(r, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = (g - g.mean(0)) / g.std(0)  # exactly mean 0, sd 1
+    g[:, 0] += 3.5 / math.sqrt(r)
+    s = gradient_statistics(g, torch.zeros(3, dtype=torch.float64), resamples=10)
+    assert s["bias_z"] == pytest.approx(3.5, rel=1e-9)
+    assert s["bias_lo"] > 0 and s["bias_flag_lo"] == 0 and not s["bias_flagged"]
+    g[:, 0] += 0.5 / math.sqrt(r)  # z = 4.0 > 3.81
+    assert gradient_statistics(g, torch.zeros(3, dtype=torch.float64), resamples=10)["bias_flagged"]

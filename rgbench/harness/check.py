@@ -22,9 +22,20 @@ m tests of one comparison: m = #variance tests + #bias coordinate tests):
   checked): z_i = (g_bar_i - grad_i) / SE_i for every coordinate; FAIL when
   |z_i| > Phi^-1(1 - alpha / (2 m)). A coordinate with SE_i = 0 is skipped when its bias
   is exactly 0 (a position the structure never moves) and fails otherwise (z = inf).
-* a baseline cell that is missing from the run, raises (error recorded, cell named), or is
-  now skipped although the baseline measured it: FAIL. Cells not in the baseline are
-  reported (verdict NEW, with what their bias test would say) but never fail.
+* a baseline cell that is missing from a full run (a subset run, ``--dists/--sizes/
+  --estimators``, compares only its own cells), raises (error recorded, cell named), or is
+  now skipped although the baseline did not record it skipped: FAIL. The run decides what is
+  measurable: a cell it measured whose baseline records skipped or error FAILs (no numbers),
+  so editing a status cannot drop a test. Cells new to the baseline (outside its grid) get
+  the bias test and FAIL when biased, else verdict NEW.
+* the baseline itself (load): an unknown status, a non-numeric, negative or non-finite
+  variance, a wrong type, no cells, or a cell of its own recorded grid missing is a
+  ValueError naming the cell and field; a full run also needs every cell of its grid.
+* variants: every structure at n=3 with t-reinforce and t-loo in float32, plain and with
+  every logit shifted by +-105 (the law and the gradient are shift-invariant, so the float64
+  unshifted exact gradient is their reference). The exact gradient of each instance is
+  checked against central finite differences of the exact expectation (forward values
+  only), so a wrong backward pass cannot bias the reference and the estimators alike.
 
 Seeds (SHA-256 via :func:`rgbench.harness.seeds.derive_seed`, never Python's ``hash``): the
 instance (logits and task target) and the relax critic's warm-up derive from the baseline's
@@ -37,18 +48,21 @@ R = 10000 because some cells are heavy-tailed: se(V) / V is 0.6-2 % for most cel
 7 % for relax on binary trees at n = 3, where a doubled variance then still gives z near 7
 against a threshold near 4.6 (about 99 % power); elsewhere z is 10-50. Cost: per instance one
 enumeration for the exact gradient; per cell the critic warm-up (relax) and R estimates:
-about one CPU-minute for the default 84 cells.
+about 30 CPU-seconds on 2 cores for the default 120 cells.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
+import tempfile
 import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import NormalDist
@@ -63,6 +77,7 @@ from rgbench.estimators.base import Estimator
 from rgbench.harness.seeds import derive_seed, generator
 
 FORMAT = "rgbench-variance-check/1"
+STATUSES = ("ok", "skipped", "error")
 DEFAULT_ESTIMATORS = ("e-reinforce", "t-reinforce", "x-reinforce", "e-loo", "t-loo", "relax", "sst")
 DEFAULT_SIZES = (3, 4)
 DEFAULT_K = 4
@@ -95,10 +110,40 @@ class CheckCell:
     estimator: str
     K: int
     options: tuple[tuple[str, object], ...] = ()
+    dtype: str = "float64"
+    #: constant added to every logit (the law and the gradient do not change)
+    shift: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"{self.dist}/n={self.n}/{self.estimator}/K={self.K}"
+        name = f"{self.dist}/n={self.n}/{self.estimator}/K={self.K}"
+        if self.dtype != "float64":
+            name += f"/{self.dtype}"
+        return name + (f"/shift={self.shift:+g}" if self.shift else "")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Extra cells on the same instances in another dtype and/or with every logit shifted
+    by ``shift``, compared with the float64 unshifted exact gradient (shift-invariant law)."""
+
+    dtype: str
+    shift: float
+    sizes: tuple[int, ...]
+    estimators: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return {"dtype": self.dtype, "shift": self.shift, "sizes": list(self.sizes), "estimators": list(self.estimators)}
+
+
+#: float32 at n=3, plain and with logits shifted by +-105, where float32 exp() over/underflows
+#: unless the code shifts first (the issue-12 regression: wrong law beyond about +-90)
+DEFAULT_VARIANTS = (
+    Variant("float32", 0.0, (3,), ("t-reinforce", "t-loo")),
+    Variant("float32", 105.0, (3,), ("t-reinforce", "t-loo")),
+    Variant("float32", -105.0, (3,), ("t-reinforce", "t-loo")),
+)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -116,9 +161,16 @@ class CheckGrid:
     replicates: int = DEFAULT_REPLICATES
     task: str = DEFAULT_TASK
     estimator_options: dict = field(default_factory=dict, hash=False)
+    variants: tuple[Variant, ...] = DEFAULT_VARIANTS
 
     def __post_init__(self):
         object.__setattr__(self, "dists", tuple(self.dists) or tuple(distributions.names()))
+        object.__setattr__(self, "variants", tuple(
+            v if isinstance(v, Variant) else Variant(v["dtype"], float(v["shift"]), tuple(v["sizes"]), tuple(v["estimators"]))
+            for v in self.variants))
+        for variant in self.variants:
+            if variant.dtype not in DTYPES:
+                raise ValueError(f"CheckGrid: variant dtype must be one of {', '.join(DTYPES)}, got {variant.dtype!r}")
         object.__setattr__(self, "sizes", tuple(self.sizes))
         object.__setattr__(self, "estimators", tuple(self.estimators))
         for name in self.dists:
@@ -134,13 +186,20 @@ class CheckGrid:
         tasks.get(self.task)
 
     def cells(self) -> list[CheckCell]:
-        """Cells in instance order (all estimators of one instance are adjacent)."""
-        return [
-            CheckCell(dist, n, name, self.K, tuple(sorted(self.estimator_options.get(name, {}).items())))
-            for dist in self.dists
-            for n in self.sizes
-            for name in self.estimators
-        ]
+        """Cells in instance order (all cells of one instance are adjacent); a variant keeps
+        only the sizes and estimators this grid also has."""
+        def options(name):
+            return tuple(sorted(self.estimator_options.get(name, {}).items()))
+
+        cells = []
+        for dist in self.dists:
+            for n in self.sizes:
+                cells += [CheckCell(dist, n, name, self.K, options(name)) for name in self.estimators]
+                for v in self.variants:
+                    if n in v.sizes:
+                        cells += [CheckCell(dist, n, name, self.K, options(name), v.dtype, v.shift)
+                                  for name in v.estimators if name in self.estimators]
+        return cells
 
     def as_dict(self) -> dict:
         return {
@@ -151,6 +210,7 @@ class CheckGrid:
             "replicates": self.replicates,
             "task": self.task,
             "estimator_options": self.estimator_options,
+            "variants": [variant.as_dict() for variant in self.variants],
             "device": "cpu",
             "dtype": "float64",
         }
@@ -179,9 +239,32 @@ class CellResult:
         return {key: _json_float(value) for key, value in out.items()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "CellResult":
+    def from_json(cls, data: dict, where: str = "cell") -> "CellResult":
+        """A saved cell; ValueError naming ``where`` and the field for an invalid value."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: must be an object, got {type(data).__name__}")
         known = {key for key in cls.__dataclass_fields__ if key != "bias_z"}
-        return cls(**{key: _from_json_float(value) for key, value in data.items() if key in known})
+        result = cls(**{key: _from_json_float(value) for key, value in data.items() if key in known})
+        if result.status not in STATUSES:
+            raise ValueError(f"{where}: status must be one of {', '.join(STATUSES)}, got {result.status!r}")
+        for key, kind in (("reason", str), ("unbiased", bool)):
+            if not isinstance(getattr(result, key), kind):
+                raise ValueError(f"{where}: {key} must be a {kind.__name__}, got {getattr(result, key)!r}")
+        measured = result.status == "ok"
+        for key in ("replicates", "bias_tests"):
+            value = getattr(result, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "replicates" and measured else 0):
+                raise ValueError(f"{where}: {key} must be an int >= {2 if key == 'replicates' and measured else 0}, "
+                                 f"got {value!r}")
+        for key in ("variance", "variance_se", "max_abs_bias_z", "seconds"):
+            value = getattr(result, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}: {key} must be a number, got {value!r}")
+            # A measured cell's variance is what the test compares with: finite and >= 0.
+            must_be_finite = measured and key in ("variance", "variance_se")
+            if (must_be_finite and not math.isfinite(value)) or value < 0:
+                raise ValueError(f"{where}: {key} must be a {'finite ' if must_be_finite else ''}number >= 0, got {value!r}")
+        return result
 
 
 def _json_float(value):
@@ -321,9 +404,17 @@ class CheckRun:
         }
 
     def save(self, path: Path) -> None:
+        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as stream:
+                stream.write(json.dumps(self.to_json(), indent=2) + "\n")
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path) -> "CheckRun":
@@ -339,9 +430,29 @@ class CheckRun:
         try:
             settings = dict(data["settings"])
             int(settings["seed"]), int(settings["instance_seed"])
-            cells = {name: CellResult.from_json(value) for name, value in data["cells"].items()}
+            raw = data["cells"]
+            if not isinstance(raw, dict):
+                raise TypeError(f"cells must be an object, got {type(raw).__name__}")
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"baseline {path} lacks a field or has a malformed one: {error!r}") from error
+        if not raw:
+            raise ValueError(f"baseline {path} has no cells; regenerate it with `rgbench check --update`")
+        cells = {}
+        for name, value in raw.items():
+            try:
+                cells[name] = CellResult.from_json(value, f"baseline {path}: cell {name}")
+            except TypeError as error:  # an unknown field name
+                raise ValueError(f"baseline {path}: cell {name}: {error}") from None
+        try:
+            own = CheckGrid(**{"variants": (), **{key: settings[key] for key in
+                               ("dists", "sizes", "estimators", "K", "replicates", "task", "estimator_options", "variants")
+                               if key in settings}})
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"baseline {path}: settings do not describe a grid: {error}") from None
+        lacking = [cell.name for cell in own.cells() if cell.name not in cells]
+        if lacking:
+            raise ValueError(f"baseline {path} lacks {len(lacking)} cell(s) of its own grid (first: {lacking[0]}); "
+                             "regenerate it with `rgbench check --update`")
         return cls(settings, cells, data.get("made_by", {}))
 
 
@@ -395,7 +506,11 @@ def run_check(
         if instance_error is not None:
             results = [CellResult("error", instance_error) for _ in seed_list]
         else:
-            results = _measure(cell, grid, dist, objective, exact, instance_seed, seed_list, estimator_factory)
+            # Same instance in the cell's dtype, every logit shifted: the law is unchanged, so the
+            # float64 unshifted exact gradient stays the reference.
+            shifted = dist if (cell.dtype, cell.shift) == ("float64", 0.0) else type(dist)(
+                (dist.logits + cell.shift).to(DTYPES[cell.dtype]), **dist._extra_args())
+            results = _measure(cell, grid, shifted, objective, exact, instance_seed, seed_list, estimator_factory)
         for store, result in zip(per_seed, results):
             store[cell.name] = result
     runs = [
@@ -413,9 +528,42 @@ def _instance(grid: CheckGrid, cell: CheckCell, instance_seed: int):
         dist = tasks.make_instance(cell.dist, cell.n, generator=gen, dtype=torch.float64, device="cpu")
         objective = tasks.get(grid.task).build(dist, gen)
         _, exact = estimators.exact_gradient(dist, objective)
+        finite_difference_check(dist, objective, exact)
         return dist, objective, exact, None
     except Exception as error:
         return None, None, None, f"the instance or its exact gradient failed: {describe_error(error)}"
+
+
+def finite_difference_check(dist, objective, exact: torch.Tensor, step: float = 1e-5, tol: float = 1e-6) -> None:
+    """ValueError unless the exact gradient (autograd through the trace log-probability)
+    matches central differences (E(theta + h e_i) - E(theta - h e_i)) / 2h of the exact
+    expectation, which needs only forward values: a wrong backward pass (the issue-12 CLE
+    clamp) would otherwise bias the reference and every estimator alike. In float64 with
+    h = 1e-5 the difference's error is O(h^2 E''') + O(eps / h), about 1e-10 here; ``tol``
+    is relative to max(1, max |grad|)."""
+    logits = dist.logits.detach()
+    fd = torch.zeros_like(logits).reshape(-1)
+    usable = dist._usable.reshape(-1)
+    # Symmetric logits (undirected graphs) read only the upper triangle, but must stay
+    # symmetric: move the mirrored entry too.
+    mirror = logits.dim() == 2 and logits.shape[0] == logits.shape[1] and bool((logits == logits.T).all())
+    for i in usable.nonzero().squeeze(-1).tolist():
+        values = []
+        for sign in (1.0, -1.0):
+            moved = logits.clone().reshape(-1)
+            moved[i] += sign * step
+            if mirror:
+                row, col = divmod(i, logits.shape[1])
+                moved[col * logits.shape[1] + row] = moved[i]
+            moved_dist = type(dist)(moved.reshape(logits.shape), **dist._extra_args())
+            with torch.no_grad():
+                values.append(float(estimators.exact_expectation(moved_dist, objective)))
+        fd[i] = (values[0] - values[1]) / (2 * step)
+    error = (fd.reshape(logits.shape) - exact.detach()).abs()
+    if not float(error.max()) <= tol * max(1.0, float(exact.abs().max())):
+        worst = int(error.reshape(-1).argmax())
+        raise ValueError(f"the exact gradient disagrees with central finite differences of E[L] at flat coordinate "
+                         f"{worst}: {float(exact.reshape(-1)[worst]):.6g} vs {float(fd[worst]):.6g}")
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -476,21 +624,29 @@ def _bias_failures(result: CellResult, threshold: float) -> int:
     return sum(1 for z in result.bias_z or () if z is not None and not abs(z) <= threshold)
 
 
-def compare(baseline: CheckRun, current: CheckRun, alpha: float = FALSE_ALARM_RATE) -> Comparison:
-    """Verdicts for every cell of either run (baseline order, then new cells)."""
+def compare(baseline: CheckRun, current: CheckRun, alpha: float = FALSE_ALARM_RATE, *, subset: bool = False) -> Comparison:
+    """Verdicts for every cell of the run (run order), then, unless ``subset``, every
+    baseline cell the run lacks (FAIL: missing from this run).
+
+    The run decides what must be measured: a cell it measured needs the baseline's numbers
+    (a baseline cell recorded skipped or error FAILs, so editing a status cannot drop a test).
+    Cells new to the baseline get the bias test against the exact gradient (unbiased
+    estimators) and FAIL when biased; otherwise NEW.
+    """
     if not 0 < alpha < 1:
         raise ValueError(f"compare: alpha must lie in (0, 1), got {alpha!r}")
-    names = list(baseline.cells) + [name for name in current.cells if name not in baseline.cells]
+    names = list(current.cells)
+    if not subset:
+        names += [name for name in baseline.cells if name not in current.cells]
 
     def tests_bias(name: str) -> bool:
-        result = current.cells[name]
+        result = current.cells.get(name)
         base = baseline.cells.get(name)
-        return result.status == "ok" and (result.unbiased or (base is not None and base.unbiased))
+        return result is not None and result.status == "ok" and (result.unbiased or (base is not None and base.unbiased))
 
-    compared = [name for name in names if name in baseline.cells and name in current.cells]
-    variance_tests = sum(1 for name in compared
-                         if baseline.cells[name].status == "ok" and current.cells[name].status == "ok")
-    bias_tests = sum(current.cells[name].bias_tests for name in compared if tests_bias(name))
+    variance_tests = sum(1 for name in names if name in baseline.cells and name in current.cells
+                         and baseline.cells[name].status == "ok" and current.cells[name].status == "ok")
+    bias_tests = sum(current.cells[name].bias_tests for name in names if tests_bias(name))
     num_tests = variance_tests + bias_tests
     normal = NormalDist()
     per_test = alpha / max(num_tests, 1)
@@ -514,8 +670,9 @@ def compare(baseline: CheckRun, current: CheckRun, alpha: float = FALSE_ALARM_RA
         if result.status == "error":
             row.verdict, row.note = "FAIL", f"raised: {result.reason}"
         elif result.status == "skipped":
-            if base is not None and base.status == "ok":
-                row.verdict, row.note = "FAIL", f"now skipped: {result.reason}"
+            if base is not None and base.status != "skipped":
+                was = "" if base.status == "ok" else f" (baseline {base.status})"
+                row.verdict, row.note = "FAIL", f"now skipped{was}: {result.reason}"
             else:
                 row.verdict, row.note = ("SKIP" if base is not None else "NEW"), result.reason
         else:
@@ -526,19 +683,32 @@ def compare(baseline: CheckRun, current: CheckRun, alpha: float = FALSE_ALARM_RA
                 if not row.variance_z <= variance_threshold:
                     problems.append(f"variance rose x{row.ratio:.3g}, z={row.variance_z:.2f}")
             elif base is not None:
-                row.note = f"no baseline variance (baseline {base.status})"
+                problems.append(f"measured, but the baseline records it {base.status} ({base.reason or 'no reason'}) "
+                                "and has no variance to compare; regenerate it with --update")
             if tests_bias(name):
                 failures = _bias_failures(result, bias_threshold)
                 if failures:
                     problems.append(f"biased: {failures} of {result.bias_tests} coordinates, "
                                     f"max |z|={result.max_abs_bias_z:.2f}")
             if base is None:
-                row.verdict = "NEW"
-                row.note = "; ".join(["not in the baseline"] + [f"would fail: {p}" for p in problems])
+                row.note = "; ".join(["not in the baseline (bias tested only)"] + problems)
+                row.verdict = "FAIL" if problems else "NEW"
             elif problems:
                 row.verdict, row.note = "FAIL", "; ".join(problems)
         rows.append(row)
     return Comparison(rows, alpha, num_tests, variance_threshold, bias_threshold)
+
+
+def lacking_cells(baseline: CheckRun, grid: CheckGrid, *, subset: bool = False) -> list[str]:
+    """Cells of ``grid`` the baseline must hold but does not: every cell of a full run;
+    in a ``subset`` run, those inside the baseline's own grid (cells outside it are new)."""
+    required = {cell.name for cell in grid.cells()}
+    if subset:
+        own = CheckGrid(**{"variants": (), **{key: baseline.settings[key] for key in
+                           ("dists", "sizes", "estimators", "K", "replicates", "task", "estimator_options", "variants")
+                           if key in baseline.settings}})  # older baselines had no variants
+        required &= {cell.name for cell in own.cells()}
+    return [cell.name for cell in grid.cells() if cell.name in required and cell.name not in baseline.cells]
 
 
 def self_check(run: CheckRun, alpha: float = FALSE_ALARM_RATE) -> Comparison:
@@ -564,13 +734,10 @@ def comparable(baseline: CheckRun, grid: CheckGrid) -> str | None:
 
 
 def default_baseline_path() -> Path:
-    """``baselines/variance-check.json`` of the source checkout rgbench is imported from
-    (the directory above the package, recognised by its ``pyproject.toml``: right for an
-    editable install in CI whatever the working directory), else of the working directory."""
-    root = Path(rgbench.__file__).resolve().parent.parent
-    if not (root / "pyproject.toml").is_file():
-        root = Path.cwd()
-    return root / "baselines" / "variance-check.json"
+    """``rgbench/baselines/variance-check.json``, package data found through
+    ``importlib.resources``: the same file for a source checkout, an editable and a
+    normal install (pyproject ``[tool.setuptools.package-data]``)."""
+    return Path(str(resources.files("rgbench") / "baselines" / "variance-check.json"))
 
 
 # ---------------------------------------------------------------------------- the table
@@ -620,6 +787,7 @@ __all__ = [
     "VARIANCE_TEST",
     "comparable",
     "compare",
+    "lacking_cells",
     "default_baseline_path",
     "default_estimator_factory",
     "format_table",

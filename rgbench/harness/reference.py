@@ -27,6 +27,8 @@ class Reference(NamedTuple):
     value: float  # E[L(X)] when exact, else NaN
     samples: int  # objective evaluations spent; 0 when exact
     seconds: float
+    #: max |L(X)| over the support when exact (enumerated), else 0 (unknown)
+    objective_scale: float = 0.0
 
 
 def is_enumerable(dist: StructuredDistribution) -> bool:
@@ -49,7 +51,10 @@ def compute_reference(
     if is_enumerable(dist):
         value, grad = estimators.exact_gradient(dist, objective)
         grad = grad.detach()
-        return Reference(grad, torch.zeros_like(grad), "exact", float(value), 0, time.perf_counter() - start)
+        with torch.no_grad():
+            support = dist.indicator(dist.enumerate_traces().x) if dist.batch_shape == torch.Size() else None
+            scale = float(objective(support).abs().max()) if support is not None else 0.0
+        return Reference(grad, torch.zeros_like(grad), "exact", float(value), 0, time.perf_counter() - start, scale)
     if replicates < 2:
         raise ValueError(f"compute_reference: replicates must be >= 2 for a standard error, got {replicates}")
     estimator = estimators.get(REFERENCE_ESTIMATOR, num_samples=samples)

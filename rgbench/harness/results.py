@@ -25,6 +25,10 @@ import torch
 import rgbench
 from rgbench.harness.statistics import METHODS
 
+#: statuses of a measured variance row: ``biased`` is an unbiased estimator whose bias
+#: interval excludes 0 (its statistics are kept and shown, flagged)
+MEASURED = ("ok", "biased")
+
 #: column -> type ("str", "int", "float", "bool", or "Int64" for an int that skipped rows lack)
 VARIANCE_SCHEMA: dict[str, str] = {
     "dist": "str",
@@ -51,6 +55,9 @@ VARIANCE_SCHEMA: dict[str, str] = {
     "bias": "float",
     "bias_lo": "float",
     "bias_hi": "float",
+    "bias_z": "float",
+    "bias_flag_lo": "float",
+    "bias_flag_hi": "float",
     "total_var": "float",
     "total_var_lo": "float",
     "total_var_hi": "float",

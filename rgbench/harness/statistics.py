@@ -13,6 +13,21 @@ s_i^2 the unbiased per-coordinate sample variance:
   when every coordinate's z-test accepts zero bias. Each h_i also gets a rounding allowance
   of 64 ulps (of the computation's dtype) times the largest |coordinate|, since two exact
   computations summed in different orders differ at that level.
+* degenerate coordinates: when all R replicates agree on a coordinate and the reference is
+  exact, s_i = 0 and the z-interval has zero width, yet an unbiased estimator can still miss
+  an event of small probability q there: R replicates all miss it with probability
+  (1 - q)^R >= alpha' as long as q <= ln(1 / alpha') / R. Such a coordinate's h_i therefore
+  adds ln(1 / alpha') / R x L_scale (the objective's scale, max |L| over the support, standing
+  for the size of one estimate on the missed event), with alpha' the interval's own rate.
+  Example: topk n=4 at logit scale 60 has an exact gradient of 2.5e-13 from a trace of
+  probability 1.3e-13 that no sample draws; every replicate is 0 and the box [3.6e-13, 3.6e-13]
+  would exclude 0 without this term.
+* bias flag (unbiased estimators): the same box at the flag's per-cell false-alarm rate
+  alpha_flag = 1e-3 (:data:`FLAG_FALSE_ALARM_RATE`, Bonferroni over the m coordinates, as
+  ``rgbench check`` does), independent of ``level`` so a sweep of c unbiased cells raises a
+  false flag with probability <= c x 1e-3. Flagged when the box excludes 0, i.e. some
+  |delta_i| > z_flag sqrt(s_i^2 / R + (s^ref_i)^2) + rounding (+ the degenerate term).
+  bias_z = max_i |delta_i| / sqrt(s_i^2 / R + (s^ref_i)^2) over the coordinates that vary.
 * total variance V = sum_i s_i^2 (trace of the covariance); mean per-coordinate variance
   V / d_free. Interval: percentile bootstrap over replicates.
 * SNR = ||g_bar|| / sqrt(V) (the signal of one estimate against its spread; inf when
@@ -28,12 +43,19 @@ O(B R d) time, O(B R + B d) memory.
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 
 import torch
 
+#: per-cell false-alarm rate of the "biased" flag (Bonferroni over the coordinates)
+FLAG_FALSE_ALARM_RATE = 1e-3
+
 METHODS = {
-    "bias": "analytic: Bonferroni box of per-coordinate normal intervals (z-test) plus 64 ulps, normed",
+    "bias": "analytic: Bonferroni box of per-coordinate normal intervals (z-test) plus 64 ulps "
+    "(plus ln(1/alpha)/R x max|L| on coordinates where every replicate agrees), normed",
+    "bias_flag": "bias box at per-cell false-alarm rate 1e-3 (Bonferroni over coordinates); "
+    "an unbiased estimator whose box excludes 0 is flagged biased",
     "total_var": "percentile bootstrap over replicates",
     "coord_var": "percentile bootstrap over replicates (total_var / num_free_coords)",
     "snr": "percentile bootstrap over replicates",
@@ -81,6 +103,8 @@ def gradient_statistics(
     resamples: int = 1000,
     generator: torch.Generator | None = None,
     eps: float = torch.finfo(torch.float64).eps,
+    objective_scale: float = 0.0,
+    flag_alpha: float = FLAG_FALSE_ALARM_RATE,
 ) -> dict[str, float]:
     """The statistics of the module docstring with their intervals.
 
@@ -90,10 +114,14 @@ def gradient_statistics(
         reference_se: [...] its per-coordinate standard error (None or zeros: exact).
         num_free_coords: d_free for the mean per-coordinate variance (default d).
         eps: machine epsilon of the dtype the estimates were computed in.
+        objective_scale: max |L| over the support (0 when unknown), for the degenerate
+            coordinates.
+        flag_alpha: per-cell false-alarm rate of ``bias_flagged``.
     Returns a dict with ``bias``, ``total_var``, ``coord_var``, ``snr``, ``cosine``, each
     with ``_lo`` / ``_hi`` (intervals at ``level``), plus ``total_var_lo_split`` /
-    ``total_var_hi_split`` (at 1 - (1 - level) / 2, for the work-normalised interval) and
-    ``num_tests`` (m).
+    ``total_var_hi_split`` (at 1 - (1 - level) / 2, for the work-normalised interval),
+    ``num_tests`` (m), ``bias_z``, ``bias_flag_lo`` / ``bias_flag_hi`` (the box at
+    ``flag_alpha``) and ``bias_flagged`` (that box excludes 0).
     """
     r = estimates.shape[0]
     if r < 2:
@@ -115,9 +143,17 @@ def gradient_statistics(
     varies = (var > 0) | (ref_se > 0)
     m = int(varies.sum())
     rounding = 64 * eps * float(torch.maximum(ref.abs().max(), mean.abs().max()))
-    half = _z(alpha / max(m, 1)) * spread + rounding
-    bias_lo = torch.clamp(delta.abs() - half, min=0.0).norm()
-    bias_hi = (delta.abs() + half).norm()
+
+    def box(rate: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # Coordinates with no spread at all: allow for an event R replicates missed (docstring).
+        unseen = torch.where(varies, 0.0, math.log(1 / rate) / r * objective_scale)
+        half = _z(rate / max(m, 1)) * spread + rounding + unseen
+        return torch.clamp(delta.abs() - half, min=0.0).norm(), (delta.abs() + half).norm()
+
+    bias_lo, bias_hi = box(alpha)
+    flag_lo, flag_hi = box(flag_alpha)
+    z = delta.abs()[varies] / spread[varies]
+    bias_z = float(z.max()) if m else 0.0
 
     total = var.sum()
     boot_total, boot_norm = bootstrap_total_variance(g, resamples, generator)
@@ -153,4 +189,8 @@ def gradient_statistics(
         "cosine_lo": cos_lo,
         "cosine_hi": cos_hi,
         "num_tests": m,
+        "bias_z": bias_z,
+        "bias_flag_lo": float(flag_lo),
+        "bias_flag_hi": float(flag_hi),
+        "bias_flagged": bool(flag_lo > 0),
     }

@@ -10,7 +10,10 @@ from (seed, dist, n, task, estimator, K):
    (``supports``, a constructor's ValueError such as K < 2 for LOO, or NotImplementedError);
 2. train the critic first if the estimator has one (``train_critic``, ``warmup_steps``);
 3. draw R replicates in one batched ``estimate`` call and summarise them against the
-   reference (``statistics.gradient_statistics``);
+   reference (``statistics.gradient_statistics``); an estimator registered as unbiased
+   whose bias interval at the flag's per-cell false-alarm rate (1e-3, Bonferroni over the
+   coordinates) excludes 0 gets status ``biased`` (not ``ok``) with that interval and max
+   |z| in its reason;
 4. time single estimates (``num_replicates=1``), synchronising the device around each
    call: median, quartiles and an order-statistic interval; CUDA peak memory over them.
 
@@ -34,7 +37,7 @@ from rgbench.harness.grid import DTYPES, Cell, VarianceGrid
 from rgbench.harness.reference import Reference, compute_reference
 from rgbench.harness.results import VARIANCE_SCHEMA, Results, make_metadata
 from rgbench.harness.seeds import derive_seed, generator
-from rgbench.harness.statistics import gradient_statistics
+from rgbench.harness.statistics import FLAG_FALSE_ALARM_RATE, gradient_statistics
 
 #: critic training steps when an estimator with a critic does not say how many
 DEFAULT_WARMUP_STEPS = 200
@@ -138,6 +141,7 @@ def measure_cell(grid: VarianceGrid, cell: Cell, dist, objective, reference: Ref
             generator=generator(derive_seed(seed, "bootstrap")),
             eps=torch.finfo(dist.logits.dtype).eps,
             level=grid.level,
+            objective_scale=reference.objective_scale,
         )
         timing_gen = generator(derive_seed(seed, "timing"), cell.device)
         start_memory, read_memory = timing.peak_memory_tracker(cell.device)
@@ -154,9 +158,11 @@ def measure_cell(grid: VarianceGrid, cell: Cell, dist, objective, reference: Ref
         return {**row, "status": "failed", "reason": describe_error(error)}
     summary = timing.summarize(times, level=grid.level)
     lo_split, hi_split = timing.summarize(times, level=1 - (1 - grid.level) / 2)[3:]
+    flagged = stats.pop("bias_flagged") and row["unbiased"]
     row.update({key: value for key, value in stats.items() if not key.endswith("_split")})
     row.update(
-        status="ok",
+        status="biased" if flagged else "ok",
+        reason=biased_reason(stats) if flagged else "",
         time_median_s=summary.median,
         time_q25_s=summary.q25,
         time_q75_s=summary.q75,
@@ -169,6 +175,15 @@ def measure_cell(grid: VarianceGrid, cell: Cell, dist, objective, reference: Ref
         warmup_s=warmup_s,
     )
     return row
+
+
+def biased_reason(stats: dict) -> str:
+    """Why an unbiased estimator's row is flagged: its bias box at the flag's rate."""
+    return (
+        f"registered unbiased, but its bias interval [{stats['bias_flag_lo']:.3g}, {stats['bias_flag_hi']:.3g}] "
+        f"at false-alarm rate {FLAG_FALSE_ALARM_RATE:g} excludes 0 (max |z| = {stats['bias_z']:.3g}, "
+        f"Bonferroni over {stats['num_tests']} coordinates)"
+    )
 
 
 def run_variance(grid: VarianceGrid, *, progress: bool = False, command: str | None = None) -> Results:

@@ -24,6 +24,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rgbench.harness.results import MEASURED
 from rgbench.reports.format import unstable
 
 
@@ -50,7 +51,7 @@ HUE = {"variance": "estimator", "speed": "operation"}
 
 def _points(spec: FigureSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """The ok rows with the figure's y and interval in plotting units."""
-    data = frame[frame["status"] == "ok"].copy()
+    data = frame[frame["status"].isin(MEASURED)].copy()
     data["y"] = data[spec.column] * spec.scale
     data["y_lo"] = data[spec.lo] * spec.scale
     data["y_hi"] = data[spec.hi] * spec.scale
@@ -124,7 +125,7 @@ def _planned(frame: pd.DataFrame, kind: str):
     specs = VARIANCE_FIGURES if kind == "variance" else SPEED_FIGURES
     groups = list(frame.groupby(["device", "dtype", "seed"], sort=False))
     for (device, dtype, seed), part in groups:
-        if not (part["status"] == "ok").any():
+        if not part["status"].isin(MEASURED).any():
             continue
         suffix = "" if len(groups) == 1 else f"-{device}-{dtype}-seed{seed}"
         if kind == "speed":

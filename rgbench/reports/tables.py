@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from rgbench.harness.results import MEASURED
 from rgbench.reports.format import (
     bracketed,
     latex_bracketed,
@@ -57,7 +58,9 @@ VARIANCE_LEGEND = (
     "contains 0 when no coordinate shows bias); "
     "variance = trace of the covariance of one estimate (percentile bootstrap); ms = median "
     "wall-clock per estimate (order-statistic interval); var × s = variance × median seconds "
-    "(Bonferroni product interval). Bold: best in its column. †: interval wider than the value."
+    "(Bonferroni product interval). Bold: best in its column. †: interval wider than the value. "
+    "BIASED: an estimator registered as unbiased whose bias interval at per-cell false-alarm rate "
+    "1e-3 (Bonferroni over coordinates) excludes 0; the reason is listed below the table."
 )
 SPEED_LEGEND = (
     "Each cell: median milliseconds per call on the whole batch ± half-width of its 95% "
@@ -75,7 +78,7 @@ class Cell(NamedTuple):
     value: float
     lo: float
     hi: float
-    status: str  # ok, skipped, failed or missing
+    status: str  # ok, biased (measured, flagged), skipped, failed or missing
     bold: bool = False
     unstable: bool = False
     bracket: bool = False
@@ -132,7 +135,7 @@ def _notes(kind: str, frame: pd.DataFrame, row_key: str) -> list[str]:
                     f"bias against a {reference} Monte Carlo reference ({samples} samples, its standard error "
                     f"included in the interval) at n = {_sizes_text(sizes)}"
                 )
-    for status in ("skipped", "failed"):
+    for status in ("biased", "skipped", "failed"):
         part = frame[frame["status"] == status]
         for (name, reason), cells in part.groupby([row_key, "reason"], sort=False):
             notes.append(f"{status}: {name} at n = {_sizes_text(sorted(cells['n'].unique()))}: {reason}")
@@ -159,12 +162,14 @@ def build_tables(frame: pd.DataFrame, kind: str) -> list[Table]:
                         cells.append(Cell(math.nan, math.nan, math.nan, "missing"))
                         continue
                     record = match.iloc[0]
-                    if record["status"] != "ok":
+                    if record["status"] not in MEASURED:
                         cells.append(Cell(math.nan, math.nan, math.nan, record["status"]))
                         continue
                     value, lo, hi = (float(record[c]) * metric.scale for c in (metric.column, metric.lo, metric.hi))
                     shaky = metric.check_stability and unstable(value, lo, hi)
-                    cells.append(Cell(value, lo, hi, "ok", unstable=shaky, bracket=metric.bracket))
+                    # The flag belongs to the bias; the other metrics of the row stay plain.
+                    status = record["status"] if metric.column == "bias" else "ok"
+                    cells.append(Cell(value, lo, hi, status, unstable=shaky, bracket=metric.bracket))
             rows.append((name, cells))
         pct = _percent(group)
         table = Table(
@@ -173,6 +178,9 @@ def build_tables(frame: pd.DataFrame, kind: str) -> list[Table]:
         table.slug = _slug(key)
         _mark_best(table)
         table.warnings = [
+            f"{table.title}: {record[row_key]} at n={record['n']} is flagged biased: {record['reason']}"
+            for _, record in group[group["status"] == "biased"].iterrows()
+        ] + [
             f"{table.title}: {metric.label} of {name} at n={n} is unstable ({pct} interval wider than the value)"
             for name, cells in table.rows
             for (n, metric), cell in zip(_columns(table), cells)
@@ -188,7 +196,7 @@ def _columns(table: Table) -> list[tuple[int, Metric]]:
 
 def _mark_best(table: Table) -> None:
     for index, (_, metric) in enumerate(_columns(table)):
-        values = [cells[index].value for _, cells in table.rows if cells[index].status == "ok"]
+        values = [cells[index].value for _, cells in table.rows if cells[index].status == "ok"]  # not flagged
         values = [v for v in values if not math.isnan(v)]
         if not values:
             continue
@@ -200,11 +208,12 @@ def _mark_best(table: Table) -> None:
 
 
 def _cell_markdown(cell: Cell) -> str:
-    if cell.status != "ok":
+    if cell.status not in MEASURED:
         return cell.status
     text = (bracketed if cell.bracket else with_interval)(cell.value, cell.lo, cell.hi)
     text = f"**{text}**" if cell.bold else text
-    return text + " †" if cell.unstable else text
+    text = text + " †" if cell.unstable else text
+    return text + " BIASED" if cell.status == "biased" else text
 
 
 def markdown(table: Table) -> str:
@@ -221,11 +230,12 @@ def markdown(table: Table) -> str:
 
 
 def _cell_latex(cell: Cell) -> str:
-    if cell.status != "ok":
+    if cell.status not in MEASURED:
         return f"\\textit{{{cell.status}}}"
     text = (latex_bracketed if cell.bracket else latex_with_interval)(cell.value, cell.lo, cell.hi)
     text = f"\\mathbf{{{text}}}" if cell.bold else text
-    return f"${text}$" + ("$^\\dagger$" if cell.unstable else "")
+    text = f"${text}$" + ("$^\\dagger$" if cell.unstable else "")
+    return text + " \\textbf{BIASED}" if cell.status == "biased" else text
 
 
 def latex(table: Table) -> str:
