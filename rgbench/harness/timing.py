@@ -67,17 +67,27 @@ def summarize(times: list[float], level: float = 0.95) -> TimingSummary:
 
 
 def peak_memory_tracker(device: torch.device | str):
-    """(start, read) callables: read() gives the CUDA peak allocation in MiB since start(),
-    NaN on other devices (CPU peak memory is not tracked per call)."""
+    """(start, read) callables: read() gives, in MiB, the CUDA peak allocation since start()
+    above what was allocated at start(), NaN on other devices (CPU peak memory is not
+    tracked per call).
+
+    The allocation at start() is subtracted because it holds whatever earlier work left
+    alive (a cuBLAS workspace after the first matrix product, cached tensors), which is
+    not the cost of the measured calls.
+    """
     device = torch.device(device)
+    allocated_at_start = [0]
 
     def start() -> None:
         if device.type == "cuda":
+            torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
+            allocated_at_start[0] = torch.cuda.memory_allocated(device)
 
     def read() -> float:
         if device.type == "cuda":
-            return torch.cuda.max_memory_allocated(device) / 2**20
+            torch.cuda.synchronize(device)
+            return (torch.cuda.max_memory_allocated(device) - allocated_at_start[0]) / 2**20
         return float("nan")
 
     return start, read
