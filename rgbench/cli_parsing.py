@@ -12,9 +12,14 @@ def fail(message: str) -> None:
 
 
 def parse_ints(value: str, option: str) -> tuple[int, ...]:
-    """'3,4,5' -> (3, 4, 5); ``typer.BadParameter`` naming ``option`` otherwise."""
+    """'3,4,5' -> (3, 4, 5); ``typer.BadParameter`` naming ``option`` otherwise (an empty
+    part such as '3,,4' too: it is a typo, not a request to skip a size)."""
+    parts = value.split(",")
+    if value.strip() and any(not part.strip() for part in parts):
+        raise typer.BadParameter(f"empty value in {value!r}; expected comma-separated integers such as 3,4,5",
+                                 param_hint=option)
     try:
-        parsed = tuple(int(part) for part in value.split(",") if part.strip())
+        parsed = tuple(int(part) for part in parts if part.strip())
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers such as 3,4,5, got {value!r}", param_hint=option)
     if not parsed:

@@ -24,6 +24,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rgbench.harness import store
 from rgbench.harness.results import MEASURED
 from rgbench.reports.format import unstable
 
@@ -159,6 +160,8 @@ def write_figures(frame: pd.DataFrame, kind: str, out_dir: str | Path) -> list[P
         figure = _draw(spec, part, HUE[kind], title)
         for extension, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
             path = folder / f"{stem}.{extension}"
-            figure.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
+            # Atomic: a temporary file then a rename; its suffix is .tmp, so the format is explicit.
+            store.atomic_write(path, lambda temporary: figure.savefig(
+                temporary, format=extension, dpi=150, bbox_inches="tight", metadata=metadata))
             paths.append(path)
     return paths

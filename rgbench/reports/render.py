@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from rgbench.harness import store
+from rgbench.harness.progress import incomplete_reason
 from rgbench.harness.results import Results, saved_kinds
 from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
 from rgbench.reports.tables import build_tables, latex, markdown
@@ -43,6 +45,9 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
     """Write the tables, figures (unless ``figures=False``) and report of the results saved
     in ``out_dir``."""
     out = Path(out_dir)
+    reason = incomplete_reason(out)
+    if reason is not None:
+        raise store.OutputError(reason)
     kinds = saved_kinds(out)
     if not kinds:
         raise FileNotFoundError(f"no saved results in {out} (expected variance.csv or speed.csv with its .json)")
@@ -51,8 +56,8 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
         results = Results.load(out, kind)
         tables = build_tables(results.frame, kind)
         md_path, tex_path = out / f"{PREFIX[kind]}tables.md", out / f"{PREFIX[kind]}tables.tex"
-        md_path.write_text("\n".join(markdown(table) for table in tables))
-        tex_path.write_text("\n".join(latex(table) for table in tables))
+        store.write_text(md_path, "\n".join(markdown(table) for table in tables))
+        store.write_text(tex_path, "\n".join(latex(table) for table in tables))
         figure_paths = write_figures(results.frame, kind, out) if figures else []
         kind_warnings = [w for table in tables for w in table.warnings] + figure_warnings(results.frame, kind)
         paths += [md_path, tex_path, *figure_paths]
@@ -68,5 +73,5 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
         report += [f"![{stem}](figures/{stem}.png)" for stem in planned_figures(results.frame, kind)]
         report.append("")
     report_path = out / "report.md"
-    report_path.write_text("\n".join(report))
+    store.write_text(report_path, "\n".join(report))
     return Rendered([*paths, report_path], warnings)
