@@ -293,6 +293,8 @@ def variance(
             _finish(results, out, quiet, figures, _variance_table)
         except store.Interrupted as error:
             _interrupted(error, saved, ctx, out)
+        except store.OutputError as error:  # a progress file could not be written (disk full)
+            fail(str(error))
     _check_failures(results.frame, out, "cell(s)")
 
 
@@ -352,6 +354,8 @@ def speed(
             _finish(results, out, quiet, figures, _speed_table)
         except store.Interrupted as error:
             _interrupted(error, saved, ctx, out)
+        except store.OutputError as error:  # a progress file could not be written (disk full)
+            fail(str(error))
     _check_failures(results.frame, out, "operation(s)")
 
 

@@ -5,7 +5,11 @@ For a result directory holding ``variance.csv``/``.json`` and/or ``speed.csv``/`
 
 * ``tables.md`` / ``tables.tex`` (variance) and ``speed_tables.md`` / ``speed_tables.tex``,
 * ``figures/*.png`` and ``figures/*.pdf``,
-* ``report.md``: the run's metadata, notes, warnings, tables and figure links.
+* ``report.md``: the run's metadata, notes, warnings (unstable timings summed up in one
+  line), tables and figure links.
+
+Every file is written atomically (``store``); a folder whose run was interrupted (progress
+without final results) is refused with the command that continues it.
 
 Everything is a function of the saved files, so rendering twice gives the same tables.
 """
@@ -19,7 +23,7 @@ from rgbench.harness import store
 from rgbench.harness.progress import incomplete_reason
 from rgbench.harness.results import Results, saved_kinds
 from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
-from rgbench.reports.tables import build_tables, latex, markdown
+from rgbench.reports.tables import build_tables, latex, markdown, timing_note
 
 PREFIX = {"variance": "", "speed": "speed_"}
 
@@ -60,6 +64,8 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
         store.write_text(tex_path, "\n".join(latex(table) for table in tables))
         figure_paths = write_figures(results.frame, kind, out) if figures else []
         kind_warnings = [w for table in tables for w in table.warnings] + figure_warnings(results.frame, kind)
+        note = timing_note(tables)  # one line for all unstable timings, not one per cell
+        kind_warnings += [note] if note else []
         paths += [md_path, tex_path, *figure_paths]
         warnings += kind_warnings
 
