@@ -94,20 +94,17 @@ def run_speed(grid: SpeedGrid, *, progress: bool = False, command: str | None = 
             rows += done
             continue
         check_stop()
-        torch.manual_seed(derive_seed(grid.seed, dist_name, n, "speed"))
-        gen = generator(derive_seed(grid.seed, dist_name, n, grid.task, "speed"), device)
-        dist = tasks.make_instance(
-            dist_name, n, batch_shape=(grid.batch,), scale=grid.logit_scale, generator=gen, dtype=DTYPES[grid.dtype],
-            device=device,
-        )
-        task = tasks.get(grid.task)
-        task_reason = task.supports(dist_name)
-        objective = None if task_reason else task.build(dist, gen)
         base = {
             "dist": dist_name, "n": n, "batch": grid.batch, "K": grid.samples, "task": grid.task, "device": device,
             "dtype": grid.dtype, "seed": grid.seed, "repeats": grid.repeats,
         }
-        ops = _operations(grid, dist, objective, gen) if task_reason is None else []
+        try:
+            ops = _instance_operations(grid, device, dist_name, n)
+        except Interrupted:
+            raise
+        except Exception as error:  # e.g. a size too large to allocate: failed rows, not a crash
+            reason = f"the instance could not be built: {describe_error(error)}"
+            ops = [(name, _Failed(reason)) for name in names]
         for i, (operation, call) in enumerate(ops):
             if done[i] is not None:
                 rows.append(done[i])
@@ -127,8 +124,28 @@ def run_speed(grid: SpeedGrid, *, progress: bool = False, command: str | None = 
     return Results("speed", frame, metadata)
 
 
+class _Failed(str):
+    """The reason an operation failed before it could be timed."""
+
+
+def _instance_operations(grid: SpeedGrid, device: str, dist_name: str, n: int):
+    """The seeded batch of instances and its operations (none when the task cannot serve it)."""
+    torch.manual_seed(derive_seed(grid.seed, dist_name, n, "speed"))
+    gen = generator(derive_seed(grid.seed, dist_name, n, grid.task, "speed"), device)
+    dist = tasks.make_instance(
+        dist_name, n, batch_shape=(grid.batch,), scale=grid.logit_scale, generator=gen, dtype=DTYPES[grid.dtype],
+        device=device,
+    )
+    task = tasks.get(grid.task)
+    task_reason = task.supports(dist_name)
+    objective = None if task_reason else task.build(dist, gen)
+    return _operations(grid, dist, objective, gen) if task_reason is None else []
+
+
 def _time_operation(row: dict, call, grid: SpeedGrid, device: str) -> dict:
     """The row of one operation: its timings, or why it is skipped or failed."""
+    if isinstance(call, _Failed):
+        return {**row, "status": "failed", "reason": str(call)}
     if isinstance(call, str):
         return {**row, "reason": call}
     start_memory, read_memory = timing.peak_memory_tracker(device)

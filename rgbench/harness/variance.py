@@ -78,9 +78,9 @@ def _base_row(grid: VarianceGrid, cell: Cell, dist) -> dict:
         "reference_samples": 0,
         "reference_norm": float("nan"),
         "objective_mean": float("nan"),
-        "num_coords": dist.logits.numel(),
+        "num_coords": dist.logits.numel() if dist is not None else 0,
         # Positions the structure can move (e.g. the strict upper triangle for spanning trees).
-        "num_free_coords": int(dist._usable.sum()),
+        "num_free_coords": int(dist._usable.sum()) if dist is not None else 0,
         "num_tests": pd.NA,
     }
 
@@ -222,9 +222,15 @@ def run_variance(grid: VarianceGrid, *, progress: bool = False, command: str | N
             key = (cell.seed, cell.device, cell.dist, cell.n)
             if key != current:  # every cell seeds itself, so skipping saved ones changes nothing
                 current = key
-                dist, objective, task_reason = _instance(grid, *key)
                 reference, reference_error = None, None
-                if task_reason is None:
+                try:
+                    dist, objective, task_reason = _instance(grid, *key)
+                except Interrupted:
+                    raise
+                except Exception as error:  # e.g. a size too large to allocate: failed cells, not a crash
+                    dist, objective, task_reason = None, None, None
+                    reference_error = f"the instance could not be built: {describe_error(error)}"
+                if task_reason is None and reference_error is None:
                     bar.set_postfix_str(f"{cell.dist} n={cell.n}: reference")
                     ref_seed = derive_seed(cell.seed, cell.dist, cell.n, grid.task, "reference")
                     try:
