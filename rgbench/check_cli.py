@@ -10,15 +10,18 @@ statistics and verdicts are documented in :mod:`rgbench.harness.check`.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import torch
 import typer
 
 from rgbench.cli_parsing import fail, parse_ints, parse_names
 
 from rgbench.harness import check as checks
+from rgbench.harness import store
 
 
 def _command(update: bool, baseline: Path | None, seed: int, dists, sizes, estimators, replicates) -> str:
@@ -51,6 +54,8 @@ def check(
         help=f"Comma-separated estimators (default {','.join(checks.DEFAULT_ESTIMATORS)}).")] = None,
     replicates: Annotated[Optional[int], typer.Option(
         min=2, help=f"Independent estimates per cell, R (default {checks.DEFAULT_REPLICATES}).")] = None,
+    threads: Annotated[int, typer.Option(
+        min=1, help="torch CPU threads (default 1: steady on a busy machine; recorded in the metadata).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; the summary only.")] = False,
 ):
     """Check that no estimator's variance rose and no unbiased estimator became biased.
@@ -64,7 +69,9 @@ def check(
     when a cell FAILs (variance rose, biased, missing, raising, newly skipped, or measured
     without baseline numbers), naming the cells, or when the baseline is invalid or lacks
     cells of the grid. --dists/--sizes/--estimators run a subset and compare only its cells.
-    `rgbench check --update` is the one way to regenerate the baseline.
+    `rgbench check --update` is the one way to regenerate the baseline (written atomically).
+    Replicates are drawn in chunks (memory does not grow with --replicates); SIGINT/SIGTERM
+    stop between chunks and cells, writing nothing (exit 130/143).
     """
     path = baseline if baseline is not None else checks.default_baseline_path()
     # A subset run compares only its own cells; the full run needs every baseline cell.
@@ -98,14 +105,27 @@ def check(
     instance_seed = reference.instance_seed if reference is not None else run_seed
 
     start = time.perf_counter()
-    current = checks.run_check(
-        grid, run_seed, instance_seed=instance_seed, progress=not quiet,
-        command=_command(update, baseline, run_seed, dist_names, size_values, estimator_names, replicates),
-    )
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with store.stop_on_signals():
+            current = checks.run_check(
+                grid, run_seed, instance_seed=instance_seed, progress=not quiet,
+                command=_command(update, baseline, run_seed, dist_names, size_values, estimator_names, replicates),
+            )
+    except store.Interrupted as error:
+        typer.echo(f"Interrupted ({signal.Signals(error.signum).name}): check stopped, nothing written"
+                   + (f" ({path} unchanged)" if update else ""), err=True)
+        raise typer.Exit(error.exit_code)
+    finally:
+        torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - start
 
     if update:
-        current.save(path)
+        try:
+            current.save(path)
+        except store.OutputError as error:
+            fail(str(error))
         comparison = checks.self_check(current)
     else:
         comparison = checks.compare(reference, current, subset=subset)

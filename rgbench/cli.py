@@ -15,12 +15,16 @@ stderr, never a traceback; malformed option values are ``typer.BadParameter`` (c
 from __future__ import annotations
 
 import ast
+import math
 import shutil
+import signal
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -29,7 +33,10 @@ from rich.table import Table
 from rgbench import check_cli, distributions, estimators, tasks, training_cli
 from rgbench.cli_parsing import fail, parse_ints, parse_names
 from rgbench.harness import DEFAULT_ESTIMATORS, DEFAULT_SIZES, SpeedGrid, VarianceGrid, run_speed, run_variance
+from rgbench.harness import store
+from rgbench.harness.progress import CellStore
 from rgbench.harness.results import MEASURED
+from rgbench.harness.speed import speed_total
 from rgbench.reports.format import bracketed, number, with_interval
 
 app = typer.Typer(
@@ -78,11 +85,12 @@ def _estimator_options(values: list[str]) -> dict[str, dict]:
     return options
 
 
-def _command_line(context: typer.Context) -> str:
-    """The command with every option resolved (defaults included), so it reproduces the run."""
+def _command_line(context: typer.Context, **overrides) -> str:
+    """The command with every option resolved (defaults included), so it reproduces the run;
+    ``overrides`` replace option values (e.g. ``resume=True`` for the command that continues)."""
     words = ["rgbench", context.info_name]
     for param in context.command.params:
-        value = context.params.get(param.name)
+        value = overrides.get(param.name, context.params.get(param.name))
         if value is None or param.name == "quiet":
             continue
         if param.param_type_name == "argument":
@@ -97,6 +105,53 @@ def _command_line(context: typer.Context) -> str:
         else:
             words += [flag, str(value.value if isinstance(value, Enum) else value)]
     return " ".join(words)
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` within the block (restored after)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _open_run(ctx: typer.Context, kind: str, out: Path, config: dict, total: int, unit: str,
+              resume: bool, force: bool) -> CellStore:
+    """Check ``--out`` and open its progress, before any compute; one-line errors."""
+    try:
+        store.prepare_out(out, resume=resume, force=force)
+        return CellStore.open(out, kind, config, total=total, unit=unit, resume=resume,
+                              resume_command=_command_line(ctx, out=out, resume=True, force=False))
+    except store.OutputError as error:
+        fail(str(error))
+
+
+def _interrupted(error: store.Interrupted, saved: CellStore, ctx: typer.Context, out: Path) -> None:
+    """One line on what was saved and how to continue; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    name = signal.Signals(error.signum).name
+    typer.echo(f"Interrupted ({name}): {len(saved)} of {saved.total} {saved.unit}s saved in {out}; continue with: "
+               f"{_command_line(ctx, out=out, resume=True, force=False)}", err=True)
+    raise typer.Exit(error.exit_code)
+
+
+def _finish(results, out: Path, quiet: bool, figures: bool, table) -> None:
+    """Write the final results and the report; an OSError is one line."""
+    try:
+        results.save(out)
+        if not quiet:
+            _console().print(table(results.frame))
+        store.check_stop()
+        _report(out, quiet, figures)
+    except store.OutputError as error:
+        fail(str(error))
+
+
+def _check_scale(scale: float) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        fail(f"--scale must be a finite positive number, got {scale}")
 
 
 def _console() -> Console:
@@ -190,6 +245,14 @@ def variance(
         help="Estimator option NAME.KEY=VALUE, repeatable (e.g. relax.warmup_steps=100, sst.temperature=0.5).")] = [],
     out: Annotated[Optional[Path], typer.Option(
         help="Output directory. Default rgbench-results/variance-DIST.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the interrupted run in --out: keep its saved cells, compute the rest "
+                         "(refused if its options differ).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace the results in a non-empty --out (old files stay until new ones are written).")] = False,
+    threads: Annotated[int, typer.Option(
+        min=1, help="torch CPU threads. Default 1: stable per-estimate timings on a busy machine "
+                    "(recorded in the metadata).")] = 1,
     figures: Annotated[bool, typer.Option(
         help="Draw the figures (PNG and PDF); --no-figures is faster, `rgbench report` draws them later.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; for scripts.")] = False,
@@ -199,7 +262,13 @@ def variance(
     For each size and estimator: R independent estimates of the gradient of E[L(X)] on seeded
     random logits, compared with the exact gradient (or a Monte Carlo reference); writes
     variance.csv/json, Markdown and LaTeX tables, figures and report.md to --out.
+
+    --out is checked first (a folder, writable, with space; refused when it already holds
+    results, unless --resume or --force). Each finished cell is saved at once in
+    OUT/progress/, so SIGINT/SIGTERM (exit 130/143) or a kill loses at most the cell being
+    computed, and --resume continues with the same numbers as an uninterrupted run.
     """
+    _check_scale(scale)
     size_values = None if sizes is None else parse_ints(sizes, "--sizes")
     sample_values = parse_ints(samples, "--samples")
     options = _estimator_options(option)
@@ -214,13 +283,18 @@ def variance(
     except ValueError as error:
         fail(str(error))
     out = out if out is not None else DEFAULT_OUT / f"variance-{grid.dists[0]}"
+    saved = _open_run(ctx, "variance", out, {**grid.as_dict(), "threads": threads}, len(grid), "cell", resume, force)
     for note in grid.fallback_notes():
         typer.echo(f"Note: {note}", err=True)
-    results = run_variance(grid, progress=not quiet, command=_command_line(ctx))
-    results.save(out)
-    if not quiet:
-        _console().print(_variance_table(results.frame))
-    _report(out, quiet, figures)
+    with _threads(threads), store.stop_on_signals():
+        try:
+            results = run_variance(grid, progress=not quiet, command=_command_line(ctx, resume=False, force=False),
+                                   saved=saved)
+            _finish(results, out, quiet, figures, _variance_table)
+        except store.Interrupted as error:
+            _interrupted(error, saved, ctx, out)
+        except store.OutputError as error:  # a progress file could not be written (disk full)
+            fail(str(error))
     _check_failures(results.frame, out, "cell(s)")
 
 
@@ -240,6 +314,14 @@ def speed(
     dtype: Annotated[DType, typer.Option(help="Floating-point type of the logits.")] = DType.float32,
     option: Annotated[list[str], typer.Option(help="Estimator option NAME.KEY=VALUE, repeatable.")] = [],
     out: Annotated[Optional[Path], typer.Option(help="Output directory. Default rgbench-results/speed-DIST.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the interrupted run in --out: keep its saved operations, compute the rest "
+                         "(refused if its options differ).")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace the results in a non-empty --out (old files stay until new ones are written).")] = False,
+    threads: Annotated[int, typer.Option(
+        min=1, help="torch CPU threads. Default 1: stable per-estimate timings on a busy machine "
+                    "(recorded in the metadata).")] = 1,
     figures: Annotated[bool, typer.Option(
         help="Draw the figures (PNG and PDF); --no-figures is faster, `rgbench report` draws them later.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; for scripts.")] = False,
@@ -248,7 +330,8 @@ def speed(
 
     One batch of seeded instances per size; median, quartiles and a 95% interval over
     --repeats calls, synchronising the device around each. Writes speed.csv/json, tables,
-    a figure and report.md to --out.
+    a figure and report.md to --out. --out, --resume and --force as for `rgbench variance`;
+    each timed operation is saved at once in OUT/progress/.
     """
     size_values = parse_ints(sizes, "--sizes")
     options = _estimator_options(option)
@@ -262,11 +345,17 @@ def speed(
     except ValueError as error:
         fail(str(error))
     out = out if out is not None else DEFAULT_OUT / f"speed-{grid.dists[0]}"
-    results = run_speed(grid, progress=not quiet, command=_command_line(ctx))
-    results.save(out)
-    if not quiet:
-        _console().print(_speed_table(results.frame))
-    _report(out, quiet, figures)
+    saved = _open_run(ctx, "speed", out, {**grid.as_dict(), "threads": threads}, speed_total(grid), "operation",
+                      resume, force)
+    with _threads(threads), store.stop_on_signals():
+        try:
+            results = run_speed(grid, progress=not quiet, command=_command_line(ctx, resume=False, force=False),
+                                saved=saved)
+            _finish(results, out, quiet, figures, _speed_table)
+        except store.Interrupted as error:
+            _interrupted(error, saved, ctx, out)
+        except store.OutputError as error:  # a progress file could not be written (disk full)
+            fail(str(error))
     _check_failures(results.frame, out, "operation(s)")
 
 
@@ -275,7 +364,11 @@ def report(
     directory: Annotated[Path, typer.Argument(help="A directory written by `rgbench variance` or `rgbench speed`.")],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but warnings.")] = False,
 ):
-    """Re-render tables, figures and report.md from saved results, without recomputing."""
+    """Re-render tables, figures and report.md from saved results, without recomputing.
+
+    A folder whose run was interrupted (progress/ without final results) is refused with
+    the command that continues it.
+    """
     try:
         _report(directory, quiet)
     except (FileNotFoundError, ValueError) as error:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+#: the largest integer an option list accepts (sizes, K): far beyond any feasible run
+MAX_INT = 2**31 - 1
+
 
 def fail(message: str) -> None:
     """A user error: one line on stderr, exit code 1, no traceback."""
@@ -12,13 +15,21 @@ def fail(message: str) -> None:
 
 
 def parse_ints(value: str, option: str) -> tuple[int, ...]:
-    """'3,4,5' -> (3, 4, 5); ``typer.BadParameter`` naming ``option`` otherwise."""
+    """'3,4,5' -> (3, 4, 5); ``typer.BadParameter`` naming ``option`` otherwise (an empty
+    part such as '3,,4' too: it is a typo, not a request to skip a size)."""
+    parts = value.split(",")
+    if value.strip() and any(not part.strip() for part in parts):
+        raise typer.BadParameter(f"empty value in {value!r}; expected comma-separated integers such as 3,4,5",
+                                 param_hint=option)
     try:
-        parsed = tuple(int(part) for part in value.split(",") if part.strip())
+        parsed = tuple(int(part) for part in parts if part.strip())
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers such as 3,4,5, got {value!r}", param_hint=option)
     if not parsed:
         raise typer.BadParameter("needs at least one integer", param_hint=option)
+    too_large = [v for v in parsed if abs(v) > MAX_INT]
+    if too_large:  # it would overflow the results' int64 columns long after the compute
+        raise typer.BadParameter(f"{too_large[0]} is too large (at most {MAX_INT})", param_hint=option)
     return parsed
 
 

@@ -152,6 +152,9 @@ class StructuredDistribution(Distribution):
         name = type(self).__name__
         if not isinstance(logits, torch.Tensor):
             raise ValueError(f"{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
+        if logits.device.type not in ("cpu", "cuda"):
+            # 'meta' tensors have no values to sample from; other backends are untested.
+            raise ValueError(f"{name}: logits must be on a cpu or cuda device, got device {logits.device}")
         if not logits.is_floating_point():
             raise ValueError(f"{name}: logits must be a floating-point tensor, got dtype {logits.dtype}")
         if logits.dtype not in (torch.float32, torch.float64):

@@ -55,9 +55,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import tempfile
 import sys
 import time
 import traceback
@@ -75,6 +73,8 @@ import rgbench
 from rgbench import distributions, estimators, tasks
 from rgbench.estimators.base import Estimator
 from rgbench.harness.seeds import derive_seed, generator
+from rgbench.harness.store import Interrupted, check_stop, write_text
+from rgbench.harness.streaming import ReplicateSummary, chunk_sizes, draw_chunks
 
 FORMAT = "rgbench-variance-check/1"
 STATUSES = ("ok", "skipped", "error")
@@ -290,15 +290,24 @@ def default_estimator_factory(cell: CheckCell) -> Estimator:
 
 def replicate_statistics(draws: torch.Tensor, exact: torch.Tensor) -> dict:
     """V, se(V) and the per-coordinate bias z of R replicates ``draws`` [R, ...] against
-    the exact gradient (module docstring)."""
-    r = draws.shape[0]
-    g = draws.reshape(r, -1).to(torch.float64)
-    grad = exact.reshape(-1).to(torch.float64)
-    mean = g.mean(0)
-    squared = (g - mean).square().sum(1)  # D_r
-    variance = float(squared.mean()) * r / (r - 1)
-    variance_se = float(squared.std(unbiased=True)) / math.sqrt(r) * r / (r - 1)
-    se = g.std(0, unbiased=True) / math.sqrt(r)
+    the exact gradient (module docstring), folded in by chunks as :func:`_measure` draws them."""
+    summary = ReplicateSummary(deviation_moments=True)
+    start = 0
+    for size in chunk_sizes(draws.shape[0], draws[0].numel()):
+        summary.add(draws[start:start + size])
+        start += size
+    return summary_statistics(summary, exact)
+
+
+def summary_statistics(summary: ReplicateSummary, exact: torch.Tensor) -> dict:
+    """:func:`replicate_statistics` from a chunk-combined summary (with deviation moments)."""
+    r = summary.count
+    grad = exact.reshape(-1).to("cpu", torch.float64)
+    mean = summary.replicate_mean
+    sum_d, sum_dd = summary.deviation_sums()  # D_r = ||g_r - mean||^2
+    variance = sum_d / (r - 1)
+    variance_se = math.sqrt(max(sum_dd - sum_d**2 / r, 0.0) / (r - 1)) / math.sqrt(r) * r / (r - 1)
+    se = summary.variance.sqrt() / math.sqrt(r)
     delta = mean - grad
     z = torch.where(se > 0, delta / torch.where(se > 0, se, torch.ones_like(se)), delta.sign() * math.inf)
     tested = (se > 0) | (delta != 0)
@@ -347,18 +356,26 @@ def _measure(
                 begin = time.perf_counter()
                 sample_seed = derive_seed(seed, "check", cell.name, "samples")
                 torch.manual_seed(sample_seed)
-                draws = estimator.estimate(dist, objective, num_replicates=grid.replicates,
-                                           generator=generator(sample_seed))
-                expected = (grid.replicates, *dist.logits.shape)
-                if not isinstance(draws, torch.Tensor) or tuple(draws.shape) != expected:
-                    got = tuple(draws.shape) if isinstance(draws, torch.Tensor) else type(draws).__name__
-                    raise ValueError(f"estimate returned shape {got}, expected {expected}")
-                if not bool(torch.isfinite(draws).all()):
-                    raise FloatingPointError("estimate returned NaN or inf")
-                stats = replicate_statistics(draws.detach(), exact)
+                summary = ReplicateSummary(deviation_moments=True)
+                draw = lambda size: estimator.estimate(dist, objective, num_replicates=size,  # noqa: E731
+                                                       generator=sample_gen)
+                sample_gen = generator(sample_seed)
+                for draws in draw_chunks(draw, grid.replicates, dist.logits.numel(), between=check_stop):
+                    expected = (draws.shape[0] if isinstance(draws, torch.Tensor) else -1, *dist.logits.shape)
+                    if not isinstance(draws, torch.Tensor) or tuple(draws.shape) != expected:
+                        got = tuple(draws.shape) if isinstance(draws, torch.Tensor) else type(draws).__name__
+                        raise ValueError(f"estimate returned shape {got}, expected (chunk, *{tuple(dist.logits.shape)})")
+                    if not bool(torch.isfinite(draws).all()):
+                        raise FloatingPointError("estimate returned NaN or inf")
+                    summary.add(draws.detach())
+                if summary.count != grid.replicates:
+                    raise ValueError(f"estimate returned {summary.count} replicates, expected {grid.replicates}")
+                stats = summary_statistics(summary, exact)
                 seconds = time.perf_counter() - begin + warm_seconds
                 results.append(CellResult("ok", "", unbiased, grid.replicates, seconds=seconds, **stats))
             return results
+    except Interrupted:
+        raise
     except NotImplementedError as error:
         return [CellResult("skipped", str(error), unbiased) for _ in seeds]
     except Exception as error:  # recorded and named, never lost
@@ -404,17 +421,10 @@ class CheckRun:
         }
 
     def save(self, path: Path) -> None:
-        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+        """Write atomically (``store.write_text``); an OSError is an ``OutputError``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as stream:
-                stream.write(json.dumps(self.to_json(), indent=2) + "\n")
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "CheckRun":

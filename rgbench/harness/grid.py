@@ -8,6 +8,7 @@ before any work starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from typing import Iterator, NamedTuple
@@ -103,8 +104,8 @@ class VarianceGrid:
         _check_number("reference_replicates", self.reference_replicates, 2)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not (isinstance(self.logit_scale, (int, float)) and self.logit_scale > 0):
-            raise ValueError(f"logit_scale: must be a positive number, got {self.logit_scale!r}")
+        if not (isinstance(self.logit_scale, (int, float)) and math.isfinite(self.logit_scale) and self.logit_scale > 0):
+            raise ValueError(f"logit_scale: must be a finite positive number, got {self.logit_scale!r}")
         if not (isinstance(self.level, float) and 0.5 <= self.level < 1):
             raise ValueError(f"level: the confidence level must be a float in [0.5, 1), got {self.level!r}")
         options = {}
@@ -171,8 +172,8 @@ class SpeedGrid:
         _check_number("repeats", self.repeats, 1)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not (isinstance(self.logit_scale, (int, float)) and self.logit_scale > 0):
-            raise ValueError(f"logit_scale: must be a positive number, got {self.logit_scale!r}")
+        if not (isinstance(self.logit_scale, (int, float)) and math.isfinite(self.logit_scale) and self.logit_scale > 0):
+            raise ValueError(f"logit_scale: must be a finite positive number, got {self.logit_scale!r}")
         options = {}
         for name, values in self.estimator_options.items():
             canonical = estimators.ESTIMATORS.canonical(name)

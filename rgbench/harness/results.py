@@ -11,7 +11,7 @@ how its interval was computed. Floats are written in round-trip precision so
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import platform
 import sys
@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 import rgbench
+from rgbench.harness import store
 from rgbench.harness.statistics import METHODS
 
 #: statuses of a measured variance row: ``biased`` is an unbiased estimator whose bias
@@ -207,14 +208,21 @@ class Results:
         return TIMING_COLUMNS[self.kind]
 
     def save(self, out_dir: str | Path) -> list[Path]:
-        """Write ``<kind>.csv`` and ``<kind>.json`` under ``out_dir`` (created if needed)."""
+        """Write ``<kind>.csv`` and ``<kind>.json`` under ``out_dir`` (created if needed).
+
+        Each file is written atomically (``store.atomic_write``); the JSON records the CSV's
+        SHA-256, so a kill between the two renames leaves a pair :meth:`load` refuses
+        instead of numbers under another run's metadata. An OSError is an ``OutputError``.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = out / f"{self.kind}.csv", out / f"{self.kind}.json"
-        self.frame.to_csv(csv_path, index=False, float_format=None)
-        rows = [{key: _jsonable(value) for key, value in row.items()} for row in self.frame.to_dict("records")]
-        document = {"metadata": self.metadata, "schema": SCHEMAS[self.kind], "rows": rows}
-        json_path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n")
+        text = self.frame.to_csv(index=False, float_format=None)
+        rows = [row_to_json(row) for row in self.frame.to_dict("records")]
+        metadata = {**self.metadata, "csv_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+        document = {"metadata": metadata, "schema": SCHEMAS[self.kind], "rows": rows}
+        store.write_text(csv_path, text)
+        store.write_json(json_path, document)
         return [csv_path, json_path]
 
     @classmethod
@@ -225,9 +233,33 @@ class Results:
         for path in (csv_path, json_path):
             if not path.is_file():
                 raise FileNotFoundError(f"no saved {kind} results: {path} does not exist")
-        frame = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
-        metadata = json.loads(json_path.read_text())["metadata"]
+        metadata = store.read_json(json_path)["metadata"]
+        digest = metadata.get("csv_sha256")
+        if digest is not None and hashlib.sha256(csv_path.read_bytes()).hexdigest() != digest:
+            raise store.OutputError(f"{csv_path} does not belong to {json_path.name} (a run was stopped while "
+                                    "saving); rerun the command with --resume to write both again")
+        try:
+            frame = pd.read_csv(csv_path, keep_default_na=False, na_values=[""])
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+            raise store.OutputError(f"cannot read {csv_path}: {error}") from error
         return cls(kind, frame, metadata)
+
+
+def row_to_json(row: dict) -> dict:
+    """A result row as JSON values (NaN and NA as null, infinities as "inf" / "-inf")."""
+    return {key: _jsonable(value) for key, value in row.items()}
+
+
+def row_from_json(row: dict, schema: dict[str, str]) -> dict:
+    """The inverse of :func:`row_to_json` for the columns of ``schema``."""
+    out = dict(row)
+    for column, kind in schema.items():
+        value = out.get(column)
+        if kind == "float":
+            out[column] = float("nan") if value is None else float(value)
+        elif kind == "Int64" and value is None:
+            out[column] = pd.NA
+    return out
 
 
 def saved_kinds(out_dir: str | Path) -> list[str]:

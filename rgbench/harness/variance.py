@@ -9,8 +9,9 @@ from (seed, dist, n, task, estimator, K):
 1. record a skipped row with the reason when the estimator cannot serve the combination
    (``supports``, a constructor's ValueError such as K < 2 for LOO, or NotImplementedError);
 2. train the critic first if the estimator has one (``train_critic``, ``warmup_steps``);
-3. draw R replicates in one batched ``estimate`` call and summarise them against the
-   reference (``statistics.gradient_statistics``); an estimator registered as unbiased
+3. draw R replicates in batched ``estimate`` calls of a fixed chunk size and summarise
+   them chunk by chunk against the reference (``streaming.ReplicateSummary``,
+   ``statistics.summary_statistics``), so memory does not grow with R; an estimator registered as unbiased
    whose bias interval at the flag's per-cell false-alarm rate (1e-3, Bonferroni over the
    coordinates) excludes 0 gets status ``biased`` (not ``ok``) with that interval and max
    |z| in its reason;
@@ -34,10 +35,13 @@ from tqdm.auto import tqdm
 from rgbench import estimators, tasks
 from rgbench.harness import timing
 from rgbench.harness.grid import DTYPES, Cell, VarianceGrid
+from rgbench.harness.progress import CellStore
 from rgbench.harness.reference import Reference, compute_reference
 from rgbench.harness.results import VARIANCE_SCHEMA, Results, make_metadata
 from rgbench.harness.seeds import derive_seed, generator
-from rgbench.harness.statistics import FLAG_FALSE_ALARM_RATE, gradient_statistics
+from rgbench.harness.statistics import FLAG_FALSE_ALARM_RATE, summary_statistics
+from rgbench.harness.store import Interrupted, check_stop
+from rgbench.harness.streaming import ReplicateSummary, draw_chunks
 
 #: critic training steps when an estimator with a critic does not say how many
 DEFAULT_WARMUP_STEPS = 200
@@ -74,9 +78,9 @@ def _base_row(grid: VarianceGrid, cell: Cell, dist) -> dict:
         "reference_samples": 0,
         "reference_norm": float("nan"),
         "objective_mean": float("nan"),
-        "num_coords": dist.logits.numel(),
+        "num_coords": dist.logits.numel() if dist is not None else 0,
         # Positions the structure can move (e.g. the strict upper triangle for spanning trees).
-        "num_free_coords": int(dist._usable.sum()),
+        "num_free_coords": int(dist._usable.sum()) if dist is not None else 0,
         "num_tests": pd.NA,
     }
 
@@ -131,14 +135,17 @@ def measure_cell(grid: VarianceGrid, cell: Cell, dist, objective, reference: Ref
             _warm_up(estimator, dist, objective, gen)
             timing.synchronize(cell.device)
             warmup_s = time.perf_counter() - start
-        draws = estimator.estimate(dist, objective, num_replicates=grid.replicates, generator=gen)
-        stats = gradient_statistics(
-            draws.detach().to("cpu", torch.float64),
+        summary = ReplicateSummary(reference.grad, resamples=grid.bootstrap_resamples,
+                                   generator=generator(derive_seed(seed, "bootstrap")))
+        # In chunks of a fixed size, so memory does not grow with R (``streaming``).
+        for chunk in draw_chunks(lambda size: estimator.estimate(dist, objective, num_replicates=size, generator=gen),
+                                 grid.replicates, dist.logits.numel(), between=check_stop):
+            summary.add(chunk)
+        stats = summary_statistics(
+            summary,
             reference.grad.to("cpu", torch.float64),
             reference.se.to("cpu", torch.float64),
             row["num_free_coords"],
-            resamples=grid.bootstrap_resamples,
-            generator=generator(derive_seed(seed, "bootstrap")),
             eps=torch.finfo(dist.logits.dtype).eps,
             level=grid.level,
             objective_scale=reference.objective_scale,
@@ -152,6 +159,8 @@ def measure_cell(grid: VarianceGrid, cell: Cell, dist, objective, reference: Ref
             cell.device,
         )
         peak = read_memory()
+    except Interrupted:
+        raise
     except NotImplementedError as error:
         return {**row, "reason": str(error)}
     except Exception as error:  # a bug in one estimator must not lose the whole sweep
@@ -186,19 +195,42 @@ def biased_reason(stats: dict) -> str:
     )
 
 
-def run_variance(grid: VarianceGrid, *, progress: bool = False, command: str | None = None) -> Results:
-    """Run every cell of ``grid``; a tqdm bar over cells when ``progress``."""
+def cell_key(cell: Cell) -> dict:
+    """The identity of a cell in its saved progress file."""
+    return cell._asdict()
+
+
+def run_variance(grid: VarianceGrid, *, progress: bool = False, command: str | None = None,
+                 saved: CellStore | None = None) -> Results:
+    """Run every cell of ``grid``; a tqdm bar over cells when ``progress``.
+
+    With ``saved``, cells already there are taken as they are and each new one is saved
+    the moment it is finished; ``store.check_stop`` runs between cells and chunks, so an
+    ``Interrupted`` leaves every finished cell on disk.
+    """
     rows = []
     bar = tqdm(total=len(grid), desc="variance", unit="cell", disable=not progress, leave=False)
     current, dist, objective, task_reason, reference, reference_error = None, None, None, None, None, None
     try:
-        for cell in grid.cells():
+        for index, cell in enumerate(grid.cells()):
+            done = saved.get(index, cell_key(cell)) if saved is not None else None
+            if done is not None:
+                rows.append(done)
+                bar.update()
+                continue
+            check_stop()
             key = (cell.seed, cell.device, cell.dist, cell.n)
-            if key != current:
+            if key != current:  # every cell seeds itself, so skipping saved ones changes nothing
                 current = key
-                dist, objective, task_reason = _instance(grid, *key)
                 reference, reference_error = None, None
-                if task_reason is None:
+                try:
+                    dist, objective, task_reason = _instance(grid, *key)
+                except Interrupted:
+                    raise
+                except Exception as error:  # e.g. a size too large to allocate: failed cells, not a crash
+                    dist, objective, task_reason = None, None, None
+                    reference_error = f"the instance could not be built: {describe_error(error)}"
+                if task_reason is None and reference_error is None:
                     bar.set_postfix_str(f"{cell.dist} n={cell.n}: reference")
                     ref_seed = derive_seed(cell.seed, cell.dist, cell.n, grid.task, "reference")
                     try:
@@ -213,11 +245,12 @@ def run_variance(grid: VarianceGrid, *, progress: bool = False, command: str | N
                         reference_error = f"the reference gradient failed: {describe_error(error)}"
             bar.set_postfix_str(f"{cell.dist} n={cell.n} {cell.estimator} K={cell.K}")
             if task_reason is not None:
-                rows.append({**_base_row(grid, cell, dist), "reason": task_reason})
+                row = {**_base_row(grid, cell, dist), "reason": task_reason}
             elif reference_error is not None:
-                rows.append({**_base_row(grid, cell, dist), "status": "failed", "reason": reference_error})
+                row = {**_base_row(grid, cell, dist), "status": "failed", "reason": reference_error}
             else:
-                rows.append(measure_cell(grid, cell, dist, objective, reference))
+                row = measure_cell(grid, cell, dist, objective, reference)
+            rows.append(saved.put(index, cell_key(cell), row) if saved is not None else row)
             bar.update()
     finally:
         bar.close()
@@ -227,6 +260,8 @@ def run_variance(grid: VarianceGrid, *, progress: bool = False, command: str | N
     metadata = make_metadata("variance", grid.as_dict(), grid.devices[0], grid.seeds[0], command)
     metadata["notes"] = grid.fallback_notes()
     metadata["intervals"]["level"] = grid.level
+    if saved is not None:
+        metadata["run_id"] = saved.run_id
     return Results("variance", frame, metadata)
 
 

@@ -7,7 +7,8 @@ Speed runs give ``speed`` (median milliseconds per call against n, log-log). Lin
 coloured by estimator (or operation), styled by K when several; vertical bars are the
 intervals saved with the results (95% unless the run chose another level); the title carries the seed. Values that cannot be drawn
 on a log axis (zero variance of the exact estimator) are left out and the caption says so.
-A point whose interval is wider than its value produces a warning.
+A point whose interval is wider than its value produces a warning (for the timing figures,
+the tables' single timing note stands for them).
 
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through
 pyplot's global state, so rendering works headless and leaves the caller's backend alone.
@@ -24,6 +25,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rgbench.harness import store
 from rgbench.harness.results import MEASURED
 from rgbench.reports.format import unstable
 
@@ -36,15 +38,17 @@ class FigureSpec(NamedTuple):
     ylabel: str
     scale: float = 1.0
     log_x: bool = False
+    timing: bool = False  # clock-based: unstable points are summed up once (tables.timing_note)
 
 
 VARIANCE_FIGURES = (
     FigureSpec("variance", "total_var", "total_var_lo", "total_var_hi", "total variance of one estimate"),
-    FigureSpec("time", "time_median_s", "time_lo_s", "time_hi_s", "ms per estimate (median)", scale=1e3),
-    FigureSpec("work", "work_var", "work_var_lo", "work_var_hi", "variance x seconds per estimate"),
+    FigureSpec("time", "time_median_s", "time_lo_s", "time_hi_s", "ms per estimate (median)", scale=1e3, timing=True),
+    FigureSpec("work", "work_var", "work_var_lo", "work_var_hi", "variance x seconds per estimate", timing=True),
 )
 SPEED_FIGURES = (
-    FigureSpec("speed", "time_median_s", "time_lo_s", "time_hi_s", "ms per call on the batch (median)", 1e3, True),
+    FigureSpec("speed", "time_median_s", "time_lo_s", "time_hi_s", "ms per call on the batch (median)", 1e3, True,
+               timing=True),
 )
 HUE = {"variance": "estimator", "speed": "operation"}
 
@@ -146,8 +150,10 @@ def planned_figures(frame: pd.DataFrame, kind: str) -> list[str]:
 
 
 def figure_warnings(frame: pd.DataFrame, kind: str) -> list[str]:
-    """The instability warnings of the figures of a ``kind`` frame (without drawing them)."""
-    return [warning for _, spec, part, _ in _planned(frame, kind) for warning in _warnings(spec, part, HUE[kind])]
+    """The instability warnings of the figures of a ``kind`` frame (without drawing them);
+    timing figures give none: the tables' one timing note covers them."""
+    return [warning for _, spec, part, _ in _planned(frame, kind) if not spec.timing
+            for warning in _warnings(spec, part, HUE[kind])]
 
 
 def write_figures(frame: pd.DataFrame, kind: str, out_dir: str | Path) -> list[Path]:
@@ -159,6 +165,8 @@ def write_figures(frame: pd.DataFrame, kind: str, out_dir: str | Path) -> list[P
         figure = _draw(spec, part, HUE[kind], title)
         for extension, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
             path = folder / f"{stem}.{extension}"
-            figure.savefig(path, dpi=150, bbox_inches="tight", metadata=metadata)
+            # Atomic: a temporary file then a rename; its suffix is .tmp, so the format is explicit.
+            store.atomic_write(path, lambda temporary: figure.savefig(
+                temporary, format=extension, dpi=150, bbox_inches="tight", metadata=metadata))
             paths.append(path)
     return paths

@@ -5,7 +5,11 @@ For a result directory holding ``variance.csv``/``.json`` and/or ``speed.csv``/`
 
 * ``tables.md`` / ``tables.tex`` (variance) and ``speed_tables.md`` / ``speed_tables.tex``,
 * ``figures/*.png`` and ``figures/*.pdf``,
-* ``report.md``: the run's metadata, notes, warnings, tables and figure links.
+* ``report.md``: the run's metadata, notes, warnings (unstable timings summed up in one
+  line), tables and figure links.
+
+Every file is written atomically (``store``); a folder whose run was interrupted (progress
+without final results) is refused with the command that continues it.
 
 Everything is a function of the saved files, so rendering twice gives the same tables.
 """
@@ -15,9 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from rgbench.harness import store
+from rgbench.harness.progress import incomplete_reason
 from rgbench.harness.results import Results, saved_kinds
 from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
-from rgbench.reports.tables import build_tables, latex, markdown
+from rgbench.reports.tables import build_tables, latex, markdown, timing_note
 
 PREFIX = {"variance": "", "speed": "speed_"}
 
@@ -43,6 +49,9 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
     """Write the tables, figures (unless ``figures=False``) and report of the results saved
     in ``out_dir``."""
     out = Path(out_dir)
+    reason = incomplete_reason(out)
+    if reason is not None:
+        raise store.OutputError(reason)
     kinds = saved_kinds(out)
     if not kinds:
         raise FileNotFoundError(f"no saved results in {out} (expected variance.csv or speed.csv with its .json)")
@@ -51,10 +60,12 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
         results = Results.load(out, kind)
         tables = build_tables(results.frame, kind)
         md_path, tex_path = out / f"{PREFIX[kind]}tables.md", out / f"{PREFIX[kind]}tables.tex"
-        md_path.write_text("\n".join(markdown(table) for table in tables))
-        tex_path.write_text("\n".join(latex(table) for table in tables))
+        store.write_text(md_path, "\n".join(markdown(table) for table in tables))
+        store.write_text(tex_path, "\n".join(latex(table) for table in tables))
         figure_paths = write_figures(results.frame, kind, out) if figures else []
         kind_warnings = [w for table in tables for w in table.warnings] + figure_warnings(results.frame, kind)
+        note = timing_note(tables)  # one line for all unstable timings, not one per cell
+        kind_warnings += [note] if note else []
         paths += [md_path, tex_path, *figure_paths]
         warnings += kind_warnings
 
@@ -68,5 +79,5 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
         report += [f"![{stem}](figures/{stem}.png)" for stem in planned_figures(results.frame, kind)]
         report.append("")
     report_path = out / "report.md"
-    report_path.write_text("\n".join(report))
+    store.write_text(report_path, "\n".join(report))
     return Rendered([*paths, report_path], warnings)

@@ -38,6 +38,7 @@ class Metric(NamedTuple):
     scale: float = 1.0
     check_stability: bool = True
     bracket: bool = False  # show "value [lo, hi]": the interval is not centred on the value
+    timing: bool = False  # from the clock: its instability is reported once per run, not per cell
 
 
 VARIANCE_METRICS = (
@@ -45,11 +46,11 @@ VARIANCE_METRICS = (
     # that is the expected outcome, not instability.
     Metric("bias", "bias_lo", "bias_hi", "bias", "bias", "min", check_stability=False, bracket=True),
     Metric("total_var", "total_var_lo", "total_var_hi", "variance", "var.", "min"),
-    Metric("time_median_s", "time_lo_s", "time_hi_s", "ms", "ms", "min", scale=1e3),
-    Metric("work_var", "work_var_lo", "work_var_hi", "var × s", "var.$\\times$s", "min"),
+    Metric("time_median_s", "time_lo_s", "time_hi_s", "ms", "ms", "min", scale=1e3, timing=True),
+    Metric("work_var", "work_var_lo", "work_var_hi", "var × s", "var.$\\times$s", "min", timing=True),
 )
 SPEED_METRICS = (
-    Metric("time_median_s", "time_lo_s", "time_hi_s", "ms", "ms", "min", scale=1e3),
+    Metric("time_median_s", "time_lo_s", "time_hi_s", "ms", "ms", "min", scale=1e3, timing=True),
 )
 
 VARIANCE_LEGEND = (
@@ -94,6 +95,8 @@ class Table:
     legend: str
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: "name at n=N" of each row and size whose timing (ms, var × s) is unstable
+    unstable_timings: list[str] = field(default_factory=list)
     slug: str = ""
 
 
@@ -184,10 +187,27 @@ def build_tables(frame: pd.DataFrame, kind: str) -> list[Table]:
             f"{table.title}: {metric.label} of {name} at n={n} is unstable ({pct} interval wider than the value)"
             for name, cells in table.rows
             for (n, metric), cell in zip(_columns(table), cells)
-            if cell.unstable
+            if cell.unstable and not metric.timing
         ]
+        table.unstable_timings = list(dict.fromkeys(
+            f"{name} at n={n}"
+            for name, cells in table.rows
+            for (n, metric), cell in zip(_columns(table), cells)
+            if cell.unstable and metric.timing
+        ))
         tables.append(table)
     return tables
+
+
+def timing_note(tables: list[Table], limit: int = 6) -> str | None:
+    """One line for every unstable timing of ``tables`` (None when there is none)."""
+    cells = [f"{table.title.split(':')[0]} {cell}" for table in tables for cell in table.unstable_timings]
+    if not cells:
+        return None
+    shown = ", ".join(cells[:limit]) + (f" and {len(cells) - limit} more" if len(cells) > limit else "")
+    return (f"timings unstable in {len(cells)} cell(s) ({shown}; marked †): their interval is wider than the "
+            "median, as when other processes share the CPU; time on an idle machine with --threads 1 and "
+            "more repeats to firm them up")
 
 
 def _columns(table: Table) -> list[tuple[int, Metric]]:
