@@ -31,7 +31,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rgbench import check_cli, distributions, estimators, tasks, training_cli
-from rgbench.cli_parsing import fail, parse_ints, parse_names
+from rgbench.cli_parsing import command_line, fail, parse_ints, parse_names
 from rgbench.harness import DEFAULT_ESTIMATORS, DEFAULT_SIZES, SpeedGrid, VarianceGrid, run_speed, run_variance
 from rgbench.harness import store
 from rgbench.harness.progress import CellStore
@@ -85,28 +85,6 @@ def _estimator_options(values: list[str]) -> dict[str, dict]:
     return options
 
 
-def _command_line(context: typer.Context, **overrides) -> str:
-    """The command with every option resolved (defaults included), so it reproduces the run;
-    ``overrides`` replace option values (e.g. ``resume=True`` for the command that continues)."""
-    words = ["rgbench", context.info_name]
-    for param in context.command.params:
-        value = overrides.get(param.name, context.params.get(param.name))
-        if value is None or param.name == "quiet":
-            continue
-        if param.param_type_name == "argument":
-            words.append(str(value))
-            continue
-        flag = param.opts[0]
-        if isinstance(value, bool):
-            if value or param.secondary_opts:
-                words.append(flag if value else param.secondary_opts[0])
-        elif isinstance(value, (list, tuple)):
-            words += [part for item in value for part in (flag, str(item))]
-        else:
-            words += [flag, str(value.value if isinstance(value, Enum) else value)]
-    return " ".join(words)
-
-
 @contextmanager
 def _threads(count: int) -> Iterator[None]:
     """torch's intra-op threads set to ``count`` within the block (restored after)."""
@@ -124,7 +102,7 @@ def _open_run(ctx: typer.Context, kind: str, out: Path, config: dict, total: int
     try:
         store.prepare_out(out, resume=resume, force=force)
         return CellStore.open(out, kind, config, total=total, unit=unit, resume=resume,
-                              resume_command=_command_line(ctx, out=out, resume=True, force=False))
+                              resume_command=command_line(ctx, out=out, resume=True, force=False))
     except store.OutputError as error:
         fail(str(error))
 
@@ -133,7 +111,7 @@ def _interrupted(error: store.Interrupted, saved: CellStore, ctx: typer.Context,
     """One line on what was saved and how to continue; exit 130 (SIGINT) or 143 (SIGTERM)."""
     name = signal.Signals(error.signum).name
     typer.echo(f"Interrupted ({name}): {len(saved)} of {saved.total} {saved.unit}s saved in {out}; continue with: "
-               f"{_command_line(ctx, out=out, resume=True, force=False)}", err=True)
+               f"{command_line(ctx, out=out, resume=True, force=False)}", err=True)
     raise typer.Exit(error.exit_code)
 
 
@@ -288,7 +266,7 @@ def variance(
         typer.echo(f"Note: {note}", err=True)
     with _threads(threads), store.stop_on_signals():
         try:
-            results = run_variance(grid, progress=not quiet, command=_command_line(ctx, resume=False, force=False),
+            results = run_variance(grid, progress=not quiet, command=command_line(ctx, resume=False, force=False),
                                    saved=saved)
             _finish(results, out, quiet, figures, _variance_table)
         except store.Interrupted as error:
@@ -349,7 +327,7 @@ def speed(
                       resume, force)
     with _threads(threads), store.stop_on_signals():
         try:
-            results = run_speed(grid, progress=not quiet, command=_command_line(ctx, resume=False, force=False),
+            results = run_speed(grid, progress=not quiet, command=command_line(ctx, resume=False, force=False),
                                 saved=saved)
             _finish(results, out, quiet, figures, _speed_table)
         except store.Interrupted as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 import typer
 
 #: the largest integer an option list accepts (sizes, K): far beyond any feasible run
@@ -36,3 +38,25 @@ def parse_ints(value: str, option: str) -> tuple[int, ...]:
 def parse_names(value: str) -> tuple[str, ...]:
     """'a, b,' -> ('a', 'b')."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def command_line(context: typer.Context, **overrides) -> str:
+    """The command with every option resolved (defaults included), so it reproduces the run;
+    ``overrides`` replace option values (e.g. ``resume=True`` for the command that continues)."""
+    words = ["rgbench", *context.command_path.split()[1:]]
+    for param in context.command.params:
+        value = overrides.get(param.name, context.params.get(param.name))
+        if value is None or param.name == "quiet":
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+            continue
+        flag = param.opts[0]
+        if isinstance(value, bool):
+            if value or param.secondary_opts:
+                words.append(flag if value else param.secondary_opts[0])
+        elif isinstance(value, (list, tuple)):
+            words += [part for item in value for part in (flag, str(item))]
+        else:
+            words += [flag, str(value.value if isinstance(value, Enum) else value)]
+    return " ".join(words)

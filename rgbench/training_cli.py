@@ -6,22 +6,28 @@
     rgbench train listops --estimator t-loo --scale quick --seed 0 --out DIR
     rgbench table --paper 3 --scale quick --seeds 3 --out DIR
 
-User errors (unknown names, bad values, CUDA without a GPU) exit with code 1 or 2 and a
-one-line reason; a failed run leaves ``status.json`` = failed in its folder.
+User errors (unknown names, bad values, CUDA without a GPU, an unusable --out) exit with
+code 1 or 2 and a one-line reason; a failed run leaves ``status.json`` = failed in its folder.
+--out is checked before any compute; a non-empty one needs --resume (continue: complete runs
+are reused, an interrupted one continues from its checkpoint) or --force (start afresh; old
+files stay until new ones replace them). SIGINT/SIGTERM stop at the next step with a
+checkpoint, one line saying how to resume, and exit code 130/143.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import torch
 import typer
 
 from rgbench import distributions, estimators
-from rgbench.cli_parsing import fail, parse_names
-from rgbench.harness import experiments
+from rgbench.cli_parsing import command_line, fail, parse_names
+from rgbench.harness import experiments, store
 from rgbench.harness.experiments import Scale
 from rgbench.tasks.toy import toy_structures
 
@@ -54,7 +60,35 @@ def _fail(error: Exception) -> None:
     fail(f"{type(error).__name__}: {error}")
 
 
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out: reuse complete runs, continue an interrupted one from its "
+                     "checkpoint.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Start afresh in a non-empty --out (old files stay until new ones replace them).")]
+
+
+@contextmanager
+def _guarded(ctx: typer.Context, out: Path, resume: bool, force: bool) -> Iterator[None]:
+    """Check --out before any compute; turn a signal into a checkpoint, one line and exit
+    130/143; an unusable file is a one-line error."""
+    try:
+        store.prepare_out(out, resume=resume, force=force)
+    except store.OutputError as error:
+        fail(str(error))
+    with store.stop_on_signals():
+        try:
+            yield
+        except store.Interrupted as error:
+            typer.echo(f"Interrupted ({signal.Signals(error.signum).name}): finished runs and a checkpoint of the "
+                       f"current one saved in {out}; continue with: {command_line(ctx, resume=True, force=False)}",
+                       err=True)
+            raise typer.Exit(error.exit_code)
+        except store.OutputError as error:
+            fail(str(error))
+
+
 def optimize(
+    ctx: typer.Context,
     dist: Annotated[str, typer.Option(help="Structures, comma-separated (matching, binary-tree, cle, kruskal) or 'all'.")],
     estimators_: Annotated[
         str, typer.Option("--estimators", help="Estimators, comma-separated.")
@@ -65,6 +99,8 @@ def optimize(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/toy"),
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    resume: Resume = False,
+    force: Force = False,
 ) -> None:
     """The authors' toy optimisation: loss curves and final losses per estimator.
 
@@ -84,10 +120,14 @@ def optimize(
     names = _names(estimators_, estimators.ESTIMATORS, "--estimators")
     _positive(steps, "--steps")
     device = _device(device)
-    try:
-        _, table = experiments.run_toy(structures, names, scale, seed, out, steps, device, progress=not quiet)
-    except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
-        _fail(error)
+    with _guarded(ctx, out, resume, force):
+        try:
+            _, table = experiments.run_toy(structures, names, scale, seed, out, steps, device, progress=not quiet,
+                                           resume=resume)
+        except store.OutputError:
+            raise
+        except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
+            _fail(error)
     typer.echo(experiments.toy_table_markdown(table))
     typer.echo(f"wrote {out}/toy_table.md, toy_curves.csv, toy_curves.png/pdf")
 
@@ -97,6 +137,7 @@ train_app = typer.Typer(help="Train a model with a structured latent variable.",
 
 @train_app.command("listops")
 def train_listops(
+    ctx: typer.Context,
     estimator: Annotated[str, typer.Option(help="Estimator (t-loo, e-loo, relax, sst).")] = "t-loo",
     scale: Annotated[Scale, typer.Option(help="smoke (seconds), quick (CPU, ~10-20 min) or paper (GPU).")] = Scale.quick,
     seed: Annotated[int, typer.Option(help="Seed of the run (model, data order, samples).")] = 0,
@@ -108,6 +149,8 @@ def train_listops(
     lr: Annotated[
         Optional[float], typer.Option(help="Override the learning rate (default: the scale's, else the estimator's).")
     ] = None,
+    resume: Resume = False,
+    force: Force = False,
 ) -> None:
     """Unsupervised ListOps parsing (paper §5.3) with one estimator and seed.
 
@@ -121,30 +164,37 @@ def train_listops(
     device = _device(device)
     if "cle" not in distributions.DISTRIBUTIONS:
         _fail(RuntimeError("the arborescence distribution ('cle') is not available"))
-    try:
-        summary = experiments.run_listops(name, scale, seed, out, device, cache, steps, progress=not quiet, lr=lr)
-    except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
-        _fail(error)
+    with _guarded(ctx, out, resume, force):
+        try:
+            summary = experiments.run_listops(name, scale, seed, out, device, cache, steps, progress=not quiet, lr=lr,
+                                              resume=resume)
+        except store.OutputError:
+            raise
+        except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
+            _fail(error)
     metrics = ", ".join(f"{key[5:]} {100 * summary[key]:.2f}%" for key in summary if key.startswith("test_"))
     typer.echo(f"{name} seed {seed} ({scale.value}): {metrics}; {summary['wall_s']:.0f} s; wrote {out}")
 
 
 def table(
+    ctx: typer.Context,
     paper: Annotated[int, typer.Option(help="Which paper table to regenerate (3: ListOps).")] = 3,
     scale: Annotated[Scale, typer.Option(help="smoke, quick or paper.")] = Scale.quick,
     seeds: Annotated[int, typer.Option(help="Seeds per estimator (0..seeds-1).")] = 3,
     estimators_: Annotated[
         str, typer.Option("--estimators", help="Estimators, comma-separated.")
     ] = ",".join(experiments.LISTOPS_ESTIMATORS),
-    out: Annotated[Path, typer.Option(help="Output folder (runs are reused when complete).")] = Path("results/table3"),
+    out: Annotated[Path, typer.Option(help="Output folder (with --resume, complete runs are reused).")] = Path("results/table3"),
     steps: Annotated[Optional[int], typer.Option(help="Override the scale's number of steps.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     cache: Annotated[Optional[Path], typer.Option(help="Dataset cache folder.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    resume: Resume = False,
+    force: Force = False,
 ) -> None:
     """Regenerate a paper table (Table 3: ListOps) beside the paper's numbers.
 
-    Runs every estimator x seed (reusing complete runs) and writes the table in the paper's
+    Runs every estimator x seed (with --resume, reusing complete runs) and writes the table in the paper's
     format (mean ± std and max over seeds) with the paper's numbers in adjacent columns, as
     Markdown and LaTeX, and the validation curves of every run as a figure.
     """
@@ -154,10 +204,13 @@ def table(
     _positive(steps, "--steps")
     names = _names(estimators_, estimators.ESTIMATORS, "--estimators")
     device = _device(device)
-    try:
-        experiments.run_table3(scale, seeds, out, names, device, cache, steps, progress=not quiet)
-    except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
-        _fail(error)
+    with _guarded(ctx, out, resume, force):
+        try:
+            experiments.run_table3(scale, seeds, out, names, device, cache, steps, progress=not quiet, resume=resume)
+        except store.OutputError:
+            raise
+        except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
+            _fail(error)
     typer.echo((out / "table3.md").read_text())
     typer.echo(f"wrote {out}/table3.md, table3.tex, table3_runs.csv, table3_curves.png/pdf")
 

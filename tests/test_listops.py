@@ -253,7 +253,9 @@ def test_table_command_writes_markdown_and_latex_and_reuses_runs(tmp_path):
     assert "\\begin{tabular}" in (tmp_path / "table3.tex").read_text()
     assert len(pd.read_csv(tmp_path / "table3_runs.csv")) == 2
     stamp = (tmp_path / "runs" / "sst-seed0" / "summary.json").stat().st_mtime_ns
-    assert CliRunner().invoke(cli(), args).exit_code == 0
+    refused = CliRunner().invoke(cli(), args)  # a non-empty --out needs --resume or --force
+    assert refused.exit_code == 1 and "--resume" in refused.output
+    assert CliRunner().invoke(cli(), args + ["--resume"]).exit_code == 0
     assert (tmp_path / "runs" / "sst-seed0" / "summary.json").stat().st_mtime_ns == stamp
 
 

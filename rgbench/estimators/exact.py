@@ -81,6 +81,8 @@ def exact_expectation(dist: StructuredDistribution, objective: Objective, who: s
             f"{who}: enumeration supports n <= {dist.max_enumeration_size} for {type(dist).__name__}, got n={dist.n}"
         )
     event_dims = dist.logits_event_dim
+    if dist.logits.numel() == 0:  # an empty batch: an empty expectation, still on the logits' graph
+        return dist.logits.sum(tuple(range(-event_dims, 0))) * 0.0
     usable = dist._usable.reshape(-1, *dist.logits.shape[-event_dims:])
     if bool((usable == usable[:1]).all()):
         return _expectation_shared(dist, objective, who)

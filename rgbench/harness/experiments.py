@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from rgbench import distributions, estimators
+from rgbench.harness import store
 from rgbench.harness.trainer import TrainConfig, Trainer
 from rgbench.tasks.listops_data import ListOpsData, ListOpsSettings, ListOpsSplit, load_or_generate
 from rgbench.tasks.listops_model import ListOpsModel, edge_counts, tree_indicator
@@ -148,6 +149,12 @@ class ToyProblem:
         with torch.no_grad():
             self.param.copy_(state["param"])
 
+    def random_state(self) -> dict:
+        return {"eval": self.eval_generator.get_state()}
+
+    def set_random_state(self, state: dict) -> None:
+        self.eval_generator.set_state(state["eval"])
+
 
 def gradient_std_at_init(
     structure: str, estimator_name: str, scale: ToyScale, seed: int = 0, device: str | torch.device = "cpu"
@@ -188,10 +195,13 @@ def run_toy(
     steps: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    resume: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Optimise every (structure, estimator); returns (curves, table) and, with ``out``,
     writes ``toy_curves.csv``, ``toy_table.{csv,md}``, ``toy_curves.{png,pdf}`` and one
-    trainer folder per run under ``out/toy/<structure>/<estimator>-seed<seed>``."""
+    trainer folder per run under ``out/toy/<structure>/<estimator>-seed<seed>``. With
+    ``resume``, complete runs are read back and an interrupted one continues from its
+    checkpoint."""
     config = TOY_SCALES[Scale(scale)]
     if steps is not None:
         config = replace(config, steps=steps, eval_every=min(config.eval_every, steps))
@@ -226,6 +236,7 @@ def run_toy(
                 {**info, "run": f"{structure}/{name}"},
                 device,
                 progress,
+                resume,
             )
             summary = trainer.run()
             curves += trainer.rows
@@ -250,9 +261,9 @@ def run_toy(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        curves_frame.to_csv(out / "toy_curves.csv", index=False)
-        table.to_csv(out / "toy_table.csv", index=False)
-        (out / "toy_table.md").write_text(toy_table_markdown(table))
+        write_csv(out / "toy_curves.csv", curves_frame)
+        write_csv(out / "toy_table.csv", table)
+        store.write_text(out / "toy_table.md", toy_table_markdown(table))
         if not curves_frame.empty:
             plot_toy_curves(curves_frame, out / "toy_curves", n=config.n)
     return curves_frame, table
@@ -278,6 +289,16 @@ def toy_table_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    store.atomic_write(path, lambda temporary: frame.to_csv(temporary, index=False))
+
+
+def save_figure(figure, stem: str | Path) -> None:
+    """``stem.png`` and ``stem.pdf``, each written atomically."""
+    store.atomic_write(Path(f"{stem}.png"), lambda t: figure.savefig(t, format="png", dpi=150, bbox_inches="tight"))
+    store.atomic_write(Path(f"{stem}.pdf"), lambda t: figure.savefig(t, format="pdf", bbox_inches="tight"))
+
+
 def _pyplot():
     import matplotlib
 
@@ -300,8 +321,7 @@ def plot_toy_curves(curves: pd.DataFrame, stem: str | Path, n: int = 10) -> None
     for structure, axis in grid.axes_dict.items():
         axis.axhline(OPTIMUM[structure](n), color="grey", linestyle="--", linewidth=1)
         axis.set_ylabel("expected loss")
-    grid.figure.savefig(f"{stem}.png", dpi=150, bbox_inches="tight")
-    grid.figure.savefig(f"{stem}.pdf", bbox_inches="tight")
+    save_figure(grid.figure, stem)
     plt.close(grid.figure)
 
 
@@ -465,6 +485,14 @@ class ListOpsProblem:
     def load_state_dict(self, state: dict):
         return self.model.load_state_dict(state)
 
+    def random_state(self) -> dict:
+        """The data order: its generator and the batches still queued in this epoch."""
+        return {"order": self._order_generator.get_state(), "queue": [rows.cpu() for rows in self._queue]}
+
+    def set_random_state(self, state: dict) -> None:
+        self._order_generator.set_state(state["order"])
+        self._queue = list(state["queue"])
+
 
 def run_listops(
     estimator_name: str,
@@ -476,10 +504,12 @@ def run_listops(
     steps: int | None = None,
     progress: bool = True,
     lr: float | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one ListOps model with ``estimator_name``; returns the trainer's summary row
     (test metrics of the best-validation checkpoint, wall-clock, ...). ``lr`` overrides the
-    learning rate that :func:`listops_hyper` picks."""
+    learning rate that :func:`listops_hyper` picks; ``resume`` continues the run in ``out``
+    from its checkpoint (a complete run is returned as saved)."""
     name = estimators.ESTIMATORS.canonical(estimator_name)
     config = LISTOPS_SCALES[Scale(scale)]
     if steps is not None:
@@ -516,7 +546,7 @@ def run_listops(
         "data_fingerprint": config.data.fingerprint(),
         "scale_config": json.dumps(asdict(replace(config, data=None))),
     }
-    trainer = Trainer(problem, estimator, train, None if out is None else Path(out), info, device, progress)
+    trainer = Trainer(problem, estimator, train, None if out is None else Path(out), info, device, progress, resume)
     return trainer.run()
 
 
@@ -534,9 +564,11 @@ PAPER_SCALE_COMMAND = "rgbench table --paper 3 --scale paper --seeds 3 --device 
 
 
 def _run_is_complete(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of the complete run in ``run_dir``, else None (a run killed with -9 still
+    says ``running``: it is not complete, and ``--resume`` continues it)."""
     status, summary = run_dir / "status.json", run_dir / "summary.json"
-    if status.exists() and summary.exists() and json.loads(status.read_text()).get("status") == "complete":
-        return json.loads(summary.read_text())
+    if status.exists() and summary.exists() and store.read_json(status).get("status") == "complete":
+        return store.read_json(summary)
     return None
 
 
@@ -549,30 +581,40 @@ def run_table3(
     cache_dir: str | Path | None = None,
     steps: int | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> pd.DataFrame:
-    """Run the grid estimator x seed (reusing runs whose folder is already complete with the
-    same configuration) and write ``table3_runs.csv``, ``table3.md``, ``table3.tex`` and the
-    validation curves ``table3_curves.png`` / ``.pdf``. Returns the per-run frame."""
+    """Run the grid estimator x seed and write ``table3_runs.csv``, ``table3.md``,
+    ``table3.tex`` and the validation curves ``table3_curves.png`` / ``.pdf``; each is
+    rewritten as soon as a run finishes. With ``resume``, runs whose folder is complete with
+    the same configuration are reused and an interrupted one continues from its checkpoint.
+    Returns the per-run frame."""
     out = Path(out)
     rows = []
     for name in estimator_names:
         name = estimators.ESTIMATORS.canonical(name)
         for seed in range(seeds):
             run_dir = out / "runs" / f"{name}-seed{seed}"
-            done = _run_is_complete(run_dir)
+            done = _run_is_complete(run_dir) if resume else None
             expected_steps = steps if steps is not None else LISTOPS_SCALES[Scale(scale)].steps
             if done is not None and done.get("scale") == Scale(scale).value and done.get("steps") == expected_steps:
                 rows.append(done)
                 continue
-            rows.append(run_listops(name, scale, seed, run_dir, device, cache_dir, steps, progress))
+            rows.append(run_listops(name, scale, seed, run_dir, device, cache_dir, steps, progress, resume=resume))
+            _write_table3(out, rows, scale, figure=False)
+    return _write_table3(out, rows, scale, figure=True)
+
+
+def _write_table3(out: Path, rows: list[dict[str, Any]], scale: Scale, figure: bool) -> pd.DataFrame:
+    """The table of the runs finished so far (the curves figure only at the end: it is slow)."""
     runs = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "table3_runs.csv", index=False)
-    curves = [out / "runs" / f"{row['estimator']}-seed{row['seed']}" / "metrics.csv" for row in rows]
-    plot_table3_curves(pd.concat([pd.read_csv(path) for path in curves]), out / "table3_curves")
+    write_csv(out / "table3_runs.csv", runs)
+    if figure:
+        curves = [out / "runs" / f"{row['estimator']}-seed{row['seed']}" / "metrics.csv" for row in rows]
+        plot_table3_curves(pd.concat([pd.read_csv(path) for path in curves]), out / "table3_curves")
     summary = summarise_table3(runs)
-    (out / "table3.md").write_text(table3_markdown(summary, scale))
-    (out / "table3.tex").write_text(table3_latex(summary, scale))
+    store.write_text(out / "table3.md", table3_markdown(summary, scale))
+    store.write_text(out / "table3.tex", table3_latex(summary, scale))
     return runs
 
 
@@ -594,8 +636,7 @@ def plot_table3_curves(metrics: pd.DataFrame, stem: str | Path) -> None:
     )  # fmt: skip
     grid.set_titles("{col_name}")
     grid.set_ylabels("validation")
-    grid.figure.savefig(f"{stem}.png", dpi=150, bbox_inches="tight")
-    grid.figure.savefig(f"{stem}.pdf", bbox_inches="tight")
+    save_figure(grid.figure, stem)
     plt.close(grid.figure)
 
 

@@ -28,10 +28,12 @@ class OutputError(ValueError):
 
 
 class Interrupted(Exception):
-    """A SIGINT or SIGTERM arrived; raised by :func:`check_stop` at a safe point."""
+    """A SIGINT or SIGTERM arrived; raised by :func:`check_stop` at a safe point, or at once
+    (``immediate``, anywhere in the code) by a second signal."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, immediate: bool = False):
         self.signum = signum
+        self.immediate = immediate
         self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
         super().__init__(signal.Signals(signum).name)
 
@@ -131,7 +133,7 @@ def check_stop() -> None:
 
 def _request_stop(signum, frame) -> None:
     if _requested:  # a second signal: stop now, without waiting for a safe point
-        raise Interrupted(signum)
+        raise Interrupted(signum, immediate=True)
     _requested.append(signum)
 
 

@@ -20,16 +20,22 @@ option) on ``estimator.critic_loss`` (the squared norm of a fresh estimate on th
 inputs, an unbiased gradient of the variance): one critic step per training step, costing
 K more objective evaluations. The critic must see one event shape throughout.
 
-Outputs, in ``out_dir``: ``metrics.csv`` (one tidy row per evaluation; appended to
-``metrics.csv.partial`` while running and renamed at the end), ``summary.json`` (the
-summary row) and ``status.json`` (``running`` / ``complete`` / ``failed`` with the error).
-A run that fails leaves ``status.json`` = failed and no ``metrics.csv``, and re-raises.
+Outputs, in ``out_dir``, each written atomically: ``metrics.csv`` (one tidy row per
+evaluation; rewritten as ``metrics.csv.partial`` after every evaluation while running, renamed
+at the end), ``summary.json`` (the summary row), ``status.json`` (``running`` with the pid,
+``interrupted``, ``failed`` with the error, ``complete``) and ``checkpoint.pt``
+(:mod:`rgbench.harness.checkpoint`) at every evaluation and when a SIGINT/SIGTERM stops the
+run (``store.check_stop`` before each step). A new run leaves an earlier run's files in place
+until it has its own. With ``resume``, the run continues from ``checkpoint.pt`` and gives the
+same metrics as an uninterrupted run on the same device (except the clock columns
+``elapsed_s``, ``wall_s``, ``eval_s``, ``steps_per_s``); a complete run is returned as saved.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -45,6 +51,10 @@ from tqdm.auto import tqdm
 import rgbench
 from rgbench.distributions.base import StructuredDistribution
 from rgbench.estimators.base import Estimator, Objective
+from rgbench.harness import checkpoint, store
+
+#: summary and metrics columns that read the clock (they differ between identical runs)
+CLOCK_COLUMNS = ("elapsed_s", "wall_s", "eval_s", "steps_per_s")
 
 
 class TrainingProblem(Protocol):
@@ -71,6 +81,10 @@ class TrainingProblem(Protocol):
 
     def load_state_dict(self, state: dict) -> Any:
         ...
+
+    # Optional: a problem that draws from generators of its own (data order, evaluation
+    # samples) returns their state in ``random_state() -> dict`` and takes it back in
+    # ``set_random_state(state)``, so that checkpoints hold it.
 
 
 @dataclass
@@ -147,9 +161,15 @@ def _metadata(device: torch.device) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(temporary, path)
+    store.write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, list(rows[0]), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 @dataclass
@@ -167,15 +187,17 @@ class Trainer:
     run_info: dict[str, Any] = field(default_factory=dict)
     device: torch.device | str = "cpu"
     progress: bool = True
+    resume: bool = False
 
     def __post_init__(self):
         self.device = torch.device(self.device)
         self.rows: list[dict[str, Any]] = []
         self.objective_term: str | None = None
-        self._csv_columns: list[str] | None = None
         self._critic_optimizer: torch.optim.Optimizer | None = None
         self._critic_params: list[torch.Tensor] = []
         self._critic_inputs = None
+        self._critic_saved: dict | None = None  # a resumed critic, loaded when it is created
+        self.step = 0  # the last finished step
 
     # ------------------------------------------------------------------ files
     def _paths(self) -> dict[str, Path] | None:
@@ -187,19 +209,14 @@ class Trainer:
             "metrics": out / "metrics.csv",
             "summary": out / "summary.json",
             "status": out / "status.json",
+            "checkpoint": out / "checkpoint.pt",
         }
 
     def _append_row(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         paths = self._paths()
-        if paths is None:
-            return
-        if self._csv_columns is None:
-            self._csv_columns = list(row)
-            with open(paths["partial"], "w", newline="") as handle:
-                csv.DictWriter(handle, self._csv_columns).writeheader()
-        with open(paths["partial"], "a", newline="") as handle:
-            csv.DictWriter(handle, self._csv_columns, extrasaction="ignore").writerow(row)
+        if paths is not None:
+            store.write_text(paths["partial"], _csv_text(self.rows))
 
     # ------------------------------------------------------------------ steps
     def _step_loss(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -208,6 +225,8 @@ class Trainer:
         first = self.objective_term is None
         probe = torch.zeros((), device=self.device, requires_grad=True) if first else None
         probed = _ProbedObjective(objective, probe)
+        if self._has_critic():
+            self._ensure_critic(dist)
         surrogate = self.estimator.surrogate(dist, probed, generator)
         if not (isinstance(surrogate, torch.Tensor) and surrogate.dim() == 0):
             raise ValueError(f"Trainer: {type(self.estimator).__name__}.surrogate must return a scalar tensor")
@@ -241,18 +260,80 @@ class Trainer:
     def _has_critic(self) -> bool:
         return hasattr(self.estimator, "critic_loss") and hasattr(self.estimator, "critic")
 
+    def _ensure_critic(self, dist: StructuredDistribution) -> None:
+        """Create RELAX's critic and its Adam before the first step uses it; a resumed run
+        loads the saved weights and moments into them here, before any estimate reads them."""
+        if self._critic_optimizer is not None:
+            return
+        self._critic_params = list(self.estimator.critic(dist).parameters())
+        lr = self.config.critic_lr if self.config.critic_lr is not None else getattr(self.estimator, "lr", 1e-3)
+        self._critic_optimizer = torch.optim.Adam(self._critic_params, lr=lr)
+        if self._critic_saved is not None:
+            with torch.no_grad():
+                for param, saved in zip(self._critic_params, self._critic_saved["params"]):
+                    param.copy_(saved)
+            self._critic_optimizer.load_state_dict(self._critic_saved["optimizer"])
+
     def _critic_step(self, generator: torch.Generator) -> torch.Tensor:
-        """One Adam step on RELAX's critic (created with the estimator's first critic)."""
+        """One Adam step on RELAX's critic."""
         dist, objective = self._critic_inputs
-        if self._critic_optimizer is None:
-            self._critic_params = list(self.estimator.critic(dist).parameters())
-            lr = self.config.critic_lr if self.config.critic_lr is not None else getattr(self.estimator, "lr", 1e-3)
-            self._critic_optimizer = torch.optim.Adam(self._critic_params, lr=lr)
+        self._ensure_critic(dist)
         loss = self.estimator.critic_loss(dist, objective, generator)
         self._critic_optimizer.zero_grad()
         loss.backward(inputs=self._critic_params)
         self._critic_optimizer.step()
         return loss.detach()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, optimizer, generator, train_losses, critic_losses, elapsed: float) -> dict[str, Any]:
+        critic = None
+        if self._critic_optimizer is not None:
+            critic = {"params": [p.detach() for p in self._critic_params],
+                      "optimizer": self._critic_optimizer.state_dict()}
+        elif self._critic_saved is not None:  # resumed, not stepped since
+            critic = self._critic_saved
+        return {
+            "step": self.step,
+            "config": asdict(self.config),
+            "run_info": json.dumps(self.run_info, sort_keys=True, default=str),
+            "problem": self.problem.state_dict(),
+            "problem_random": self.problem.random_state() if hasattr(self.problem, "random_state") else {},
+            "optimizer": optimizer.state_dict(),
+            "critic": critic,
+            "generator": generator.get_state(),
+            "global_rng": checkpoint.global_rng_state(self.device),
+            "best": self._best,
+            "rows": self.rows,
+            "objective_term": self.objective_term,
+            "train_losses": train_losses,
+            "critic_losses": critic_losses,
+            "eval_s": self._eval_s,
+            "elapsed_s": elapsed,
+        }
+
+    def _restore(self, state: dict[str, Any], optimizer, generator) -> tuple[list, list, float]:
+        """Load a checkpoint written by :meth:`_state`; returns the running sums and the
+        seconds the run had taken."""
+        path = self._paths()["checkpoint"]
+        mine = json.dumps(self.run_info, sort_keys=True, default=str)
+        if state["config"] != asdict(self.config) or state["run_info"] != mine:
+            raise store.OutputError(f"--resume: {path} was written by a run with other settings; "
+                                    "use --force to start this one afresh")
+        device = self.device
+        self.step = state["step"]
+        self.problem.load_state_dict(state["problem"])
+        if hasattr(self.problem, "set_random_state"):
+            self.problem.set_random_state(state["problem_random"])
+        optimizer.load_state_dict(state["optimizer"])
+        self._critic_saved = state["critic"]
+        generator.set_state(state["generator"])
+        checkpoint.set_global_rng_state(state["global_rng"], device)
+        self._best = state["best"]
+        self.rows = state["rows"]
+        self.objective_term = state["objective_term"]
+        self._eval_s = state["eval_s"]
+        on_device = lambda values: [v.to(device) for v in values]  # noqa: E731
+        return on_device(state["train_losses"]), on_device(state["critic_losses"]), state["elapsed_s"]
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -260,12 +341,18 @@ class Trainer:
         paths = self._paths()
         if paths is not None:
             Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-            for stale in ("partial", "metrics", "summary"):
-                paths[stale].unlink(missing_ok=True)
-            _write_json(paths["status"], {"status": "running", **self.run_info})
+            done = self._saved_summary() if self.resume else None
+            if done is not None:
+                return done
+            _write_json(paths["status"], {"status": "running", "pid": os.getpid(), **self.run_info})
         try:
             summary = self._run()
-        except BaseException as error:  # record every failure (also Ctrl-C), then re-raise
+        except store.Interrupted as interrupted:
+            if paths is not None:
+                _write_json(paths["status"], {"status": "interrupted", "signal": str(interrupted),
+                                              "step": self.step, **self.run_info})
+            raise
+        except BaseException as error:  # record every failure, then re-raise
             if paths is not None:
                 _write_json(
                     paths["status"],
@@ -279,9 +366,29 @@ class Trainer:
                 )
             raise
         if paths is not None:
-            os.replace(paths["partial"], paths["metrics"])
+            store.write_text(paths["metrics"], _csv_text(self.rows))
             _write_json(paths["summary"], summary)
             _write_json(paths["status"], {"status": "complete", **self.run_info})
+            paths["partial"].unlink(missing_ok=True)
+            paths["checkpoint"].unlink(missing_ok=True)  # the finished files replace it
+        return summary
+
+    def _saved_summary(self) -> dict[str, Any] | None:
+        """The summary of a complete run in ``out_dir`` with this configuration (its rows
+        loaded into ``self.rows``), else None."""
+        paths = self._paths()
+        if not (paths["status"].is_file() and paths["summary"].is_file() and paths["metrics"].is_file()):
+            return None
+        if store.read_json(paths["status"]).get("status") != "complete":
+            return None
+        summary = store.read_json(paths["summary"])
+        if summary.get("config") != json.dumps(asdict(self.config)):
+            raise store.OutputError(f"--resume: {self.out_dir} holds a complete run with other settings; "
+                                    "use --force to replace it")
+        import pandas as pd  # only a resumed complete run reads its rows back
+
+        self.rows = pd.read_csv(paths["metrics"]).to_dict("records")
+        self.objective_term = summary.get("objective_term")
         return summary
 
     def _evaluate(self, step: int, start: float, extra: dict[str, float]) -> float:
@@ -326,31 +433,48 @@ class Trainer:
         # Running sums stay on the device: one synchronisation per evaluation, not per step.
         train_losses: list[torch.Tensor] = []
         critic_losses: list[torch.Tensor] = []
-        start = time.perf_counter()
-        if config.eval_at_start:
+        earlier = 0.0  # seconds of the run before a resume
+        paths = self._paths()
+        if self.resume and paths is not None and paths["checkpoint"].is_file():
+            train_losses, critic_losses, earlier = self._restore(checkpoint.load(paths["checkpoint"]), optimizer, generator)
+        start = time.perf_counter() - earlier
+        save = lambda: paths is not None and checkpoint.save(  # noqa: E731
+            paths["checkpoint"], self._state(optimizer, generator, train_losses, critic_losses, time.perf_counter() - start))
+        if config.eval_at_start and self.step == 0:
             self._evaluate(0, start, {"train_objective": float("nan")})
-        bar = tqdm(range(1, config.steps + 1), disable=not self.progress, desc=self.run_info.get("run", "train"), leave=False)
-        for step in bar:
-            self.problem.train(True)
-            loss, values = self._step_loss(generator)
-            optimizer.zero_grad()
-            loss.backward(inputs=params)
-            self._check_finite(step, loss, params)
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            if values is not None:
-                train_losses.append(values.mean())
-            if critic:
-                critic_losses.append(self._critic_step(generator))
-
-            if step % config.eval_every == 0 or step == config.steps:
-                extra = {"train_objective": float(torch.stack(train_losses).mean()) if train_losses else float("nan")}
+        bar = tqdm(range(self.step + 1, config.steps + 1), disable=not self.progress,
+                   desc=self.run_info.get("run", "train"), leave=False)
+        try:
+            for step in bar:
+                store.check_stop()
+                self.problem.train(True)
+                loss, values = self._step_loss(generator)
+                optimizer.zero_grad()
+                loss.backward(inputs=params)
+                self._check_finite(step, loss, params)
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                if values is not None:
+                    train_losses.append(values.mean())
                 if critic:
-                    extra["critic_loss"] = float(torch.stack(critic_losses).mean())
-                train_losses, critic_losses = [], []
-                value = self._evaluate(step, start, extra)
-                bar.set_postfix({self.problem.selection_metric: f"{value:.4g}"})
+                    critic_losses.append(self._critic_step(generator))
+                self.step = step
+
+                if step % config.eval_every == 0 or step == config.steps:
+                    extra = {"train_objective": float(torch.stack(train_losses).mean()) if train_losses else float("nan")}
+                    if critic:
+                        extra["critic_loss"] = float(torch.stack(critic_losses).mean())
+                    train_losses, critic_losses = [], []
+                    value = self._evaluate(step, start, extra)
+                    bar.set_postfix({self.problem.selection_metric: f"{value:.4g}"})
+                    save()
+        except store.Interrupted as interrupted:
+            if not interrupted.immediate:  # else it may have struck mid-step: keep the last evaluation's
+                save()  # the state after the last finished step
+            raise
+        finally:
+            bar.close()
         wall = time.perf_counter() - start
 
         best = self._best

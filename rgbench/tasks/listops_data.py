@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,11 +259,17 @@ def load_or_generate(settings: ListOpsSettings, cache_dir: str | Path | None = N
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache / f"listops-{settings.fingerprint()}.pt"
     if path.exists():
-        stored = torch.load(path, weights_only=True)
-        if stored["fingerprint"] != settings.fingerprint():
-            raise ValueError(f"load_or_generate: {path} holds fingerprint {stored['fingerprint']}, not {settings.fingerprint()}")
-        splits = [ListOpsSplit(**stored[name]) for name in ("train", "valid", "test")]
-        return ListOpsData(*splits, settings)
+        try:
+            stored = torch.load(path, weights_only=True)
+            splits = [ListOpsSplit(**stored[name]) for name in ("train", "valid", "test")]
+        except Exception as error:  # truncated, corrupt or foreign: the data can be made again
+            print(f"Note: the ListOps cache {path} is unreadable ({type(error).__name__}); regenerating it",
+                  file=sys.stderr)
+        else:
+            if stored.get("fingerprint") != settings.fingerprint():
+                raise ValueError(f"load_or_generate: {path} holds fingerprint {stored.get('fingerprint')}, "
+                                 f"not {settings.fingerprint()}")
+            return ListOpsData(*splits, settings)
     data = generate(settings)
     cache.mkdir(parents=True, exist_ok=True)
     payload = {"fingerprint": settings.fingerprint(), "settings": json.dumps(dataclasses.asdict(settings))}
