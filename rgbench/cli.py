@@ -115,6 +115,21 @@ def _interrupted(error: store.Interrupted, saved: CellStore, ctx: typer.Context,
     raise typer.Exit(error.exit_code)
 
 
+def _execute(ctx: typer.Context, run, saved: CellStore, out: Path, threads: int, quiet: bool, figures: bool,
+             table, what: str) -> None:
+    """``run(command)`` with ``threads`` torch threads and signals as stop requests, then the
+    final files and the report; an interruption or an unwritable file is one line."""
+    with _threads(threads), store.stop_on_signals():
+        try:
+            results = run(command_line(ctx, resume=False, force=False))
+            _finish(results, out, quiet, figures, table)
+        except store.Interrupted as error:
+            _interrupted(error, saved, ctx, out)
+        except store.OutputError as error:  # a progress file could not be written (disk full)
+            fail(str(error))
+    _check_failures(results.frame, out, what)
+
+
 def _finish(results, out: Path, quiet: bool, figures: bool, table) -> None:
     """Write the final results and the report; an OSError is one line."""
     try:
@@ -264,16 +279,8 @@ def variance(
     saved = _open_run(ctx, "variance", out, {**grid.as_dict(), "threads": threads}, len(grid), "cell", resume, force)
     for note in grid.fallback_notes():
         typer.echo(f"Note: {note}", err=True)
-    with _threads(threads), store.stop_on_signals():
-        try:
-            results = run_variance(grid, progress=not quiet, command=command_line(ctx, resume=False, force=False),
-                                   saved=saved)
-            _finish(results, out, quiet, figures, _variance_table)
-        except store.Interrupted as error:
-            _interrupted(error, saved, ctx, out)
-        except store.OutputError as error:  # a progress file could not be written (disk full)
-            fail(str(error))
-    _check_failures(results.frame, out, "cell(s)")
+    _execute(ctx, lambda command: run_variance(grid, progress=not quiet, command=command, saved=saved),
+             saved, out, threads, quiet, figures, _variance_table, "cell(s)")
 
 
 @app.command()
@@ -325,16 +332,8 @@ def speed(
     out = out if out is not None else DEFAULT_OUT / f"speed-{grid.dists[0]}"
     saved = _open_run(ctx, "speed", out, {**grid.as_dict(), "threads": threads}, speed_total(grid), "operation",
                       resume, force)
-    with _threads(threads), store.stop_on_signals():
-        try:
-            results = run_speed(grid, progress=not quiet, command=command_line(ctx, resume=False, force=False),
-                                saved=saved)
-            _finish(results, out, quiet, figures, _speed_table)
-        except store.Interrupted as error:
-            _interrupted(error, saved, ctx, out)
-        except store.OutputError as error:  # a progress file could not be written (disk full)
-            fail(str(error))
-    _check_failures(results.frame, out, "operation(s)")
+    _execute(ctx, lambda command: run_speed(grid, progress=not quiet, command=command, saved=saved),
+             saved, out, threads, quiet, figures, _speed_table, "operation(s)")
 
 
 @app.command()

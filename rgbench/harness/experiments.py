@@ -295,8 +295,8 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 def save_figure(figure, stem: str | Path) -> None:
     """``stem.png`` and ``stem.pdf``, each written atomically."""
-    store.atomic_write(Path(f"{stem}.png"), lambda t: figure.savefig(t, format="png", dpi=150, bbox_inches="tight"))
-    store.atomic_write(Path(f"{stem}.pdf"), lambda t: figure.savefig(t, format="pdf", bbox_inches="tight"))
+    store.write_figure(f"{stem}.png", figure, dpi=150, bbox_inches="tight")
+    store.write_figure(f"{stem}.pdf", figure, bbox_inches="tight")
 
 
 def _pyplot():

@@ -74,6 +74,13 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
+def write_figure(path: str | Path, figure, **savefig_options) -> Path:
+    """Atomically save a matplotlib ``figure`` to ``path``, in the format its suffix names
+    (given explicitly: the temporary file's suffix is .tmp)."""
+    path = Path(path)
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format=path.suffix[1:], **savefig_options))
+
+
 def write_json(path: str | Path, document) -> Path:
     """Atomically write ``document`` as indented JSON; non-finite floats are refused."""
     return write_text(path, json.dumps(document, indent=1, allow_nan=False) + "\n")

@@ -165,8 +165,6 @@ def write_figures(frame: pd.DataFrame, kind: str, out_dir: str | Path) -> list[P
         figure = _draw(spec, part, HUE[kind], title)
         for extension, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
             path = folder / f"{stem}.{extension}"
-            # Atomic: a temporary file then a rename; its suffix is .tmp, so the format is explicit.
-            store.atomic_write(path, lambda temporary: figure.savefig(
-                temporary, format=extension, dpi=150, bbox_inches="tight", metadata=metadata))
+            store.write_figure(path, figure, dpi=150, bbox_inches="tight", metadata=metadata)
             paths.append(path)
     return paths
