@@ -1,12 +1,7 @@
 """Shared fixtures for the pytest-benchmark suites (run with --benchmark-only)."""
 
 import os
-import sys
-from pathlib import Path
-
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_configure(config):

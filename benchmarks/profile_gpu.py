@@ -7,7 +7,7 @@ warm call of sample + trace log-prob + backward under the torch profiler.
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_util import sample_score_backward
+from benchmarks.bench_util import sample_score_backward
 from rgbench import distributions
 from test_bench_gpu import CASES
 

@@ -34,7 +34,7 @@ threads=$(nproc)
 stage bench 240 env RGBENCH_BENCH_THREADS="$threads" python -m pytest -q -p no:cacheprovider \
     benchmarks/test_bench_gpu.py --benchmark-only --benchmark-json="$work/bench-gpu.json" \
     --benchmark-columns=min,median,max,rounds
-stage profile 120 python benchmarks/profile_gpu.py
+stage profile 120 python -m benchmarks.profile_gpu
 stage variance 240 rgbench variance --dist kruskal --device cuda --no-figures --out "$work/variance-kruskal-cuda"
 stage listops 300 rgbench train listops --estimator t-loo --scale paper --device cuda --steps 300 --quiet \
     --cache "$work/cache" --out "$work/listops-paper-cuda"

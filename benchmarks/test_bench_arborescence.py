@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_util import peak_rss_mib, sample_score_backward
+from benchmarks.bench_util import peak_rss_mib, sample_score_backward
 from rgbench.distributions.arborescence import Arborescence
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,7 +10,7 @@ GPU; ``bash benchmarks/run_gpu.sh`` runs them with the CUDA tests. The CPU side 
 import pytest
 import torch
 
-from bench_util import sample_score_backward
+from benchmarks.bench_util import sample_score_backward
 from rgbench import distributions
 
 CASES = [

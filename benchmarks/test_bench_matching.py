@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench_util import peak_rss_mib, sample_score_backward
+from benchmarks.bench_util import peak_rss_mib, sample_score_backward
 from rgbench.distributions.matching import GreedyMatching
 
 

@@ -4,7 +4,7 @@ float32, CPU <= 10 ms; noise_given_trace no slower than sampling. n=500 records 
 import pytest
 import torch
 
-from bench_util import peak_rss_mib, sample_score_backward
+from benchmarks.bench_util import peak_rss_mib, sample_score_backward
 from rgbench.distributions.spanning_tree import SpanningTree
 
 

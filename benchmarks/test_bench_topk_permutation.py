@@ -4,7 +4,7 @@ noise_given_trace no slower than sampling (the sample-only benchmarks)."""
 import pytest
 import torch
 
-from bench_util import sample_score_backward
+from benchmarks.bench_util import sample_score_backward
 from rgbench.distributions import Permutation, TopK
 
 

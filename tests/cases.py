@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rgbench import distributions
-import oracles
+from tests import oracles
 
 #: registry name -> (extra constructor args for size n, brute-force support for size n)
 CASES = {

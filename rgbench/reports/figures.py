@@ -25,8 +25,8 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rgbench.harness import store
-from rgbench.harness.results import MEASURED
+from rgbench.bench import store
+from rgbench.bench.results import MEASURED
 from rgbench.reports.format import unstable
 
 

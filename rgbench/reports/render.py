@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from rgbench.harness import store
-from rgbench.harness.progress import incomplete_reason
-from rgbench.harness.results import Results, saved_kinds
+from rgbench.bench import store
+from rgbench.bench.progress import incomplete_reason
+from rgbench.bench.results import Results, saved_kinds
 from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
 from rgbench.reports.tables import build_tables, latex, markdown, timing_note
 

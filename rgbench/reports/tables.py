@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from rgbench.harness.results import MEASURED
+from rgbench.bench.results import MEASURED
 from rgbench.reports.format import (
     bracketed,
     latex_bracketed,
