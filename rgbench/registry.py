@@ -15,6 +15,11 @@ class Registry(Generic[T]):
     ... class Square: ...
     >>> shapes.get("box") is Square
     True
+    >>> Square.name
+    'square'
+
+    A registered class gets its canonical name as the class attribute ``name``: the name is
+    written once, in the decorator.
     """
 
     def __init__(self, kind: str):
@@ -28,6 +33,8 @@ class Registry(Generic[T]):
                 if key in self._entries or key in self._aliases:
                     raise ValueError(f"{self.kind} name {key!r} is already registered")
             self._entries[name] = obj
+            if isinstance(obj, type):
+                obj.name = name
             for alias in aliases:
                 self._aliases[alias] = name
             return obj

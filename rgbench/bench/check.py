@@ -519,8 +519,8 @@ def run_check(
         else:
             # Same instance in the cell's dtype, every logit shifted: the law is unchanged, so the
             # float64 unshifted exact gradient stays the reference.
-            shifted = dist if (cell.dtype, cell.shift) == ("float64", 0.0) else type(dist)(
-                (dist.logits + cell.shift).to(DTYPES[cell.dtype]), **dist._extra_args())
+            shifted = dist if (cell.dtype, cell.shift) == ("float64", 0.0) else dist.with_logits(
+                (dist.logits + cell.shift).to(DTYPES[cell.dtype]))
             results = _measure(cell, grid, shifted, objective, exact, instance_seed, seed_list, estimator_factory)
         for store, result in zip(per_seed, results):
             store[cell.name] = result
@@ -554,7 +554,7 @@ def finite_difference_check(dist, objective, exact: torch.Tensor, step: float = 
     is relative to max(1, max |grad|)."""
     logits = dist.logits.detach()
     fd = torch.zeros_like(logits).reshape(-1)
-    usable = dist._usable.reshape(-1)
+    usable = dist.support_mask.reshape(-1)
     # Symmetric logits (undirected graphs) read only the upper triangle, but must stay
     # symmetric: move the mirrored entry too.
     mirror = logits.dim() == 2 and logits.shape[0] == logits.shape[1] and bool((logits == logits.T).all())
@@ -566,7 +566,7 @@ def finite_difference_check(dist, objective, exact: torch.Tensor, step: float = 
             if mirror:
                 row, col = divmod(i, logits.shape[1])
                 moved[col * logits.shape[1] + row] = moved[i]
-            moved_dist = type(dist)(moved.reshape(logits.shape), **dist._extra_args())
+            moved_dist = dist.with_logits(moved.reshape(logits.shape))
             with torch.no_grad():
                 values.append(float(estimators.exact_expectation(moved_dist, objective)))
         fd[i] = (values[0] - values[1]) / (2 * step)

@@ -40,7 +40,7 @@ def _operations(grid: SpeedGrid, dist, objective, gen) -> list[tuple[str, Callab
     """(name, zero-argument callable or the reason it is skipped) for every operation."""
     trace = dist.sample_with_trace(generator=gen).trace
     leaf = dist.logits.detach().clone().requires_grad_()
-    scored = type(dist)(leaf, **dist._extra_args())
+    scored = dist.with_logits(leaf)
 
     def log_prob_backward():
         scored.trace_log_prob(trace).sum().backward()

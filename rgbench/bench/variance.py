@@ -8,7 +8,7 @@ from (seed, dist, n, task, estimator, K):
 
 1. record a skipped row with the reason when the estimator cannot serve the combination
    (``supports``, a constructor's ValueError such as K < 2 for LOO, or NotImplementedError);
-2. train the critic first if the estimator has one (``train_critic``, ``warmup_steps``);
+2. ``estimator.warm_up`` (RELAX trains its critic for ``warmup_steps``);
 3. draw R replicates in batched ``estimate`` calls of a fixed chunk size and summarise
    them chunk by chunk against the reference (``streaming.ReplicateSummary``,
    ``statistics.summary_statistics``), so memory does not grow with R; an estimator registered as unbiased
@@ -44,10 +44,6 @@ from rgbench.bench.statistics import FLAG_FALSE_ALARM_RATE, summary_statistics
 from rgbench.bench.store import Interrupted, check_stop
 from rgbench.bench.streaming import ReplicateSummary, draw_chunks
 
-#: critic training steps when an estimator with a critic does not say how many
-DEFAULT_WARMUP_STEPS = 200
-
-
 def _instance(grid: VarianceGrid, seed: int, device: str, dist_name: str, n: int):
     instance_gen = generator(derive_seed(seed, dist_name, n, grid.task, "instance"), device)
     dist = tasks.make_instance(
@@ -81,7 +77,7 @@ def _base_row(grid: VarianceGrid, cell: Cell, dist) -> dict:
         "objective_mean": float("nan"),
         "num_coords": dist.logits.numel() if dist is not None else 0,
         # Positions the structure can move (e.g. the strict upper triangle for spanning trees).
-        "num_free_coords": int(dist._usable.sum()) if dist is not None else 0,
+        "num_free_coords": int(dist.support_mask.sum()) if dist is not None else 0,
         "num_tests": pd.NA,
     }
 
@@ -102,16 +98,6 @@ def describe_error(error: Exception) -> str:
     return f"{type(error).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}: {error}"
 
 
-def _warm_up(estimator, dist, objective, gen) -> None:
-    """Train an estimator's critic before measuring: its own ``warm_up`` when it has one,
-    else ``train_critic`` for its ``warmup_steps`` (default :data:`DEFAULT_WARMUP_STEPS`)."""
-    if hasattr(estimator, "warm_up"):
-        estimator.warm_up(dist, objective, generator=gen)
-    else:
-        steps = getattr(estimator, "warmup_steps", DEFAULT_WARMUP_STEPS)
-        estimator.train_critic(dist, objective, steps=steps, generator=gen)
-
-
 def measure_cell(grid: VarianceGrid, cell: Cell, dist, objective, reference: Reference) -> dict:
     """One row: the statistics of ``cell.estimator`` with K samples on this instance."""
     row = _base_row(grid, cell, dist)
@@ -130,12 +116,10 @@ def measure_cell(grid: VarianceGrid, cell: Cell, dist, objective, reference: Ref
         reason = estimator.supports(dist, objective)
         if reason is not None:
             return {**row, "reason": reason}
-        warmup_s = 0.0
-        if hasattr(estimator, "warm_up") or hasattr(estimator, "train_critic"):
-            start = time.perf_counter()
-            _warm_up(estimator, dist, objective, gen)
-            timing.synchronize(cell.device)
-            warmup_s = time.perf_counter() - start
+        start = time.perf_counter()
+        estimator.warm_up(dist, objective, generator=gen)  # e.g. RELAX trains its critic
+        timing.synchronize(cell.device)
+        warmup_s = time.perf_counter() - start
         summary = ReplicateSummary(reference.grad, resamples=grid.bootstrap_resamples,
                                    generator=generator(derive_seed(seed, "bootstrap")))
         # In chunks of a fixed size, so memory does not grow with R (``streaming``).

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from functools import cached_property, lru_cache
-from typing import Any, Iterator, NamedTuple
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import torch
 from torch.distributions import Distribution, constraints
@@ -140,6 +140,11 @@ class StructuredDistribution(Distribution):
     has_rsample = False
     logits_event_dim: int = 1
     max_enumeration_size: int = 6
+    #: the registry name (``rgbench.registry`` sets it when the class is registered)
+    name: ClassVar[str]
+    #: True when only the strict upper triangle of the [n, n] logits is read (undirected
+    #: edges): a parameterisation must keep the logits symmetric
+    symmetric_logits: ClassVar[bool] = False
 
     def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
         self.logits = self._check_logits(logits)
@@ -331,6 +336,25 @@ class StructuredDistribution(Distribution):
     def _extra_args(self) -> dict[str, Any]:
         """Constructor arguments besides the logits (k, root, ...)."""
         return {}
+
+    # ------------------------------------------------------------------ public API for other packages
+    @property
+    def support_mask(self) -> torch.Tensor:
+        """Bool, the shape of ``logits``: the positions this instance can ever choose (finite
+        logits at structurally usable positions). The gradient of E[L(X)] is 0 elsewhere."""
+        return self._usable
+
+    @property
+    def structure_args(self) -> dict[str, Any]:
+        """The constructor arguments besides the logits (``k`` for top-k, ``root`` for
+        arborescences, ...), so that ``type(d)(logits, **d.structure_args)`` is ``d`` with
+        other logits (see :meth:`with_logits`)."""
+        return dict(self._extra_args())
+
+    def with_logits(self, logits: torch.Tensor) -> "StructuredDistribution":
+        """The same structure (same ``k``, ``root``, ...) on other logits, e.g. detached,
+        perturbed, shifted or cast to another dtype; the logits are checked as usual."""
+        return type(self)(logits, **self._extra_args())
 
     def expand(self, batch_shape, _instance=None):
         event = self.logits.shape[-self.logits_event_dim :]

@@ -307,6 +307,7 @@ class SpanningTree(StructuredDistribution):
 
     logits_event_dim = 2
     max_enumeration_size = 5
+    symmetric_logits = True
 
     # ------------------------------------------------------------------ validation
     @classmethod

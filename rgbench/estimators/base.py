@@ -29,8 +29,14 @@ class Estimator(ABC):
     estimators are compared at equal cost.
     """
 
+    #: the registry name (set by ``@register``)
     name: ClassVar[str]
     unbiased: ClassVar[bool] = True
+    #: needs the structure's continuous relaxation (SST): unsupported where there is none
+    needs_relaxation: ClassVar[bool] = False
+    #: carries a learned control variate (RELAX): :meth:`warm_up` trains it before use, and a
+    #: training loop updates ``critic(dist).parameters()`` on ``critic_loss``
+    has_critic: ClassVar[bool] = False
 
     def __init__(self, num_samples: int = 1, **options: Any):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -41,6 +47,11 @@ class Estimator(ABC):
 
     def check(self, dist: StructuredDistribution, objective: Objective) -> None:
         """Raise ``NotImplementedError`` (with a sentence) if the combination is unsupported."""
+
+    def warm_up(self, dist: StructuredDistribution, objective: Objective,
+                generator: torch.Generator | None = None) -> None:
+        """Whatever must run before the estimator is measured (train a critic); nothing by
+        default. The harness calls it once per cell, before drawing the replicates."""
 
     def supports(self, dist: StructuredDistribution, objective: Objective) -> str | None:
         """None when supported, else the reason it is not."""

@@ -51,7 +51,7 @@ def perturbed_logits(dist: StructuredDistribution, noise: torch.Tensor, fill: fl
     """G = -log E (= logits + Gumbel, reparameterised when E is) on usable positions and
     ``fill`` elsewhere. E = +inf there: swapping in 1 before the log keeps inf * 0 out of
     the backward pass; the clamp guards against an underflowed E = 0."""
-    usable = dist._usable
+    usable = dist.support_mask
     safe = torch.where(usable, noise, torch.ones_like(noise)).clamp_min(torch.finfo(noise.dtype).tiny)
     return torch.where(usable, -torch.log(safe), torch.full_like(noise, fill))
 
@@ -59,12 +59,12 @@ def perturbed_logits(dist: StructuredDistribution, noise: torch.Tensor, fill: fl
 def replicate(dist: StructuredDistribution, num_replicates: int) -> StructuredDistribution:
     """``dist`` rebuilt on fresh leaf logits of shape ``(R, *dist.logits.shape)``."""
     logits = dist.logits.detach().expand(num_replicates, *dist.logits.shape).clone().requires_grad_()
-    return type(dist)(logits, **dist._extra_args())
+    return dist.with_logits(logits)
 
 
 def leaf_copy(dist: StructuredDistribution) -> StructuredDistribution:
     """``dist`` rebuilt on a detached leaf copy of its logits (gradients stop there)."""
-    return type(dist)(dist.logits.detach().clone().requires_grad_(), **dist._extra_args())
+    return dist.with_logits(dist.logits.detach().clone().requires_grad_())
 
 
 def evaluate(objective: Objective, indicator: torch.Tensor, batch_shape: torch.Size, who: str) -> torch.Tensor:

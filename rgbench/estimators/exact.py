@@ -5,7 +5,7 @@
 the ground truth for bias. Batched distributions enumerate the traces once, on the first
 batch element, and score them for the whole batch with the fast ``trace_log_prob`` on the
 traces expanded over the batch; this needs every batch element to share the usable
-positions (``_usable``), otherwise each element is enumerated on its own (a Python loop over
+positions (``support_mask``), otherwise each element is enumerated on its own (a Python loop over
 the batch, fine at the sizes enumeration allows). Cost: O(#traces) objective evaluations
 per batch element; only for n <= ``dist.max_enumeration_size``.
 """
@@ -42,7 +42,7 @@ def _enumerate(dist: StructuredDistribution, element: int):
     event = dist.logits.shape[-dist.logits_event_dim :]
     logits = dist.logits.detach().reshape(-1, *event)[element]
     with torch.no_grad():
-        enum = type(dist)(logits, **dist._extra_args()).enumerate_traces()
+        enum = dist.with_logits(logits).enumerate_traces()
     return enum.traces, enum.x
 
 
@@ -62,7 +62,7 @@ def _expectation_per_element(dist, objective, who):
     results = []
     for element in range(flat_logits.shape[0]):
         traces, x = _enumerate(dist, element)
-        single = type(dist)(flat_logits[element], **dist._extra_args())
+        single = dist.with_logits(flat_logits[element])
         log_probs = single.trace_log_prob(traces)
         # The objective sees the whole batch (it may depend on the batch position); keep
         # this element's column.
@@ -83,7 +83,7 @@ def exact_expectation(dist: StructuredDistribution, objective: Objective, who: s
     event_dims = dist.logits_event_dim
     if dist.logits.numel() == 0:  # an empty batch: an empty expectation, still on the logits' graph
         return dist.logits.sum(tuple(range(-event_dims, 0))) * 0.0
-    usable = dist._usable.reshape(-1, *dist.logits.shape[-event_dims:])
+    usable = dist.support_mask.reshape(-1, *dist.logits.shape[-event_dims:])
     if bool((usable == usable[:1]).all()):
         return _expectation_shared(dist, objective, who)
     return _expectation_per_element(dist, objective, who)
@@ -114,7 +114,6 @@ class Exact(SurrogateEstimator):
     Only for structures small enough to enumerate (n <= ``dist.max_enumeration_size``).
     """
 
-    name = "exact"
 
     def check(self, dist, objective):
         if dist.n > dist.max_enumeration_size:

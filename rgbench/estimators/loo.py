@@ -33,7 +33,6 @@ class LeaveOneOut(ScoreFunctionEstimator):
 class ELeaveOneOut(LeaveOneOut):
     """E-LOO: the leave-one-out baseline with the noise score 1 - lambda_i E_i."""
 
-    name = "e-loo"
     score = "noise"
 
 
@@ -41,5 +40,4 @@ class ELeaveOneOut(LeaveOneOut):
 class TLeaveOneOut(LeaveOneOut):
     """T-LOO: the leave-one-out baseline with the trace score grad log P(T)."""
 
-    name = "t-loo"
     score = "trace"

@@ -49,7 +49,6 @@ class ScoreFunctionEstimator(SurrogateEstimator):
 class EReinforce(ScoreFunctionEstimator):
     """E-REINFORCE: L(X) grad log p(E), score 1 - lambda_i E_i. Works for every structure."""
 
-    name = "e-reinforce"
     score = "noise"
 
 
@@ -57,7 +56,6 @@ class EReinforce(ScoreFunctionEstimator):
 class TReinforce(ScoreFunctionEstimator):
     """T-REINFORCE: L(X) grad log P(T), the trace score. Works for every structure."""
 
-    name = "t-reinforce"
     score = "trace"
 
 
@@ -67,5 +65,4 @@ class XReinforce(ScoreFunctionEstimator):
     BinaryTree (X = T) and TopK with k <= 10 (a sum over the k! orderings); ``check`` raises
     ``NotImplementedError`` for the others."""
 
-    name = "x-reinforce"
     score = "x"

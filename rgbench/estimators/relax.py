@@ -70,7 +70,7 @@ def _new_critic(inputs: int, hidden: int, seed: int, dtype: torch.dtype, device:
 class Relax(SurrogateEstimator):
     """RELAX with a learned critic on the perturbed logits; unbiased for any critic."""
 
-    name = "relax"
+    has_critic = True
 
     def __init__(
         self,

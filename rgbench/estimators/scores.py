@@ -46,7 +46,7 @@ def check_x_tractable(dist: StructuredDistribution, who: str) -> None:
     """
     event = dist.logits.shape[-dist.logits_event_dim :]
     first = dist.logits.detach().reshape(-1, *event)[0]
-    probe = type(dist)(first, **dist._extra_args())
+    probe = dist.with_logits(first)
     try:
         with torch.no_grad():
             value = probe.log_prob(probe.mode)

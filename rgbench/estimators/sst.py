@@ -112,6 +112,7 @@ def relaxed_indicator(dist: StructuredDistribution, noise: torch.Tensor, tempera
 
 class SoftmaxTrick(SurrogateEstimator):
     unbiased = False
+    needs_relaxation = True
     straight_through = False
 
     def __init__(self, num_samples: int = 1, temperature: float = 1.0, **options: Any):
@@ -141,12 +142,9 @@ class SoftmaxTrick(SurrogateEstimator):
 class StochasticSoftmaxTrick(SoftmaxTrick):
     """SST: the gradient of the objective at the relaxed sample X_tau (biased)."""
 
-    name = "sst"
-
 
 @register("sst-st")
 class StraightThroughSoftmaxTrick(SoftmaxTrick):
     """SST straight-through: objective at the hard sample, gradient through X_tau (biased)."""
 
-    name = "sst-st"
     straight_through = True

@@ -169,7 +169,7 @@ def gradient_std_at_init(
     dist = problem.dist()
     grads = estimator.estimate(dist, problem.loss, num_replicates=scale.std_replicates, generator=generator)
     std = grads.std(0)
-    return {"grad_std": float(std[dist._usable].mean()), "grad_std_all": float(std.mean())}
+    return {"grad_std": float(std[dist.support_mask].mean()), "grad_std_all": float(std.mean())}
 
 
 def _skip_reason(estimator_name: str, structure: str, num_samples: int, objective, device) -> str | None:
@@ -522,7 +522,7 @@ def run_listops(
     model = ListOpsModel(config.hidden, config.message_steps, config.dropout)
     estimator = estimators.get(name, num_samples=hyper["num_samples"], **hyper["options"])
     # A critic (RELAX) reads a fixed event shape: pad every batch to the longest expression.
-    pad_to = config.data.max_length if hasattr(estimator, "critic") else None
+    pad_to = config.data.max_length if estimator.has_critic else None
     problem = ListOpsProblem(data, model, config, seed, device, pad_to)
     reason = estimator.supports(*problem.probe())
     if reason is not None:

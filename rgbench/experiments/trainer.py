@@ -243,7 +243,7 @@ class Trainer:
             loss = loss + torch.cat([v.reshape(-1) for v in probed.values]).mean()
         if self._has_critic():
             # The critic learns on this step's inputs, with the logits and L as constants.
-            self._critic_inputs = (type(dist)(dist.logits.detach(), **dist._extra_args()), _NoGradObjective(objective))
+            self._critic_inputs = (dist.with_logits(dist.logits.detach()), _NoGradObjective(objective))
         values = torch.cat([v.detach().reshape(-1) for v in probed.values]) if probed.values else None
         return loss, values
 
@@ -259,7 +259,7 @@ class Trainer:
             raise FloatingPointError(f"Trainer: non-finite {what} at step {step}")
 
     def _has_critic(self) -> bool:
-        return hasattr(self.estimator, "critic_loss") and hasattr(self.estimator, "critic")
+        return self.estimator.has_critic
 
     def _ensure_critic(self, dist: StructuredDistribution) -> None:
         """Create RELAX's critic and its Adam before the first step uses it; a resumed run

@@ -79,7 +79,6 @@ def _event_dim(dist: StructuredDistribution) -> int:
 
 @register("quadratic")
 class QuadraticTask(Task):
-    name = "quadratic"
     summary = "||ind(X) - ind(X*)||^2, X* one seeded sample of the instance (a random hard structure)"
 
     def _build(self, dist, generator):
@@ -88,7 +87,6 @@ class QuadraticTask(Task):
 
 @register("linear")
 class LinearTask(Task):
-    name = "linear"
     summary = "<c, ind(X)>, c ~ Normal(0, 1) i.i.d., seeded"
 
     def _build(self, dist, generator):
@@ -99,7 +97,6 @@ class LinearTask(Task):
 
 @register("match")
 class MatchTask(Task):
-    name = "match"
     summary = "1 if X equals X* (one seeded sample of the instance) else 0; not defined on relaxed input"
     accepts_relaxed = False
 
