@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -60,3 +61,36 @@ def command_line(context: typer.Context, **overrides) -> str:
         else:
             words += [flag, str(value.value if isinstance(value, Enum) else value)]
     return " ".join(words)
+
+
+#: every command writes under this folder unless --out says otherwise
+DEFAULT_OUT_ROOT = Path("rgbench-results")
+
+
+def parse_registered(value: str | None, registry, option: str, default=None, allowed=None) -> tuple[str, ...]:
+    """Comma-separated registry names or ``all`` -> canonical names (aliases accepted).
+
+    ``None`` gives ``default``; ``all`` gives ``allowed`` (default: every registered name);
+    an unknown name, or one outside ``allowed``, is a ``typer.BadParameter`` naming
+    ``option`` and listing the valid names. The one vocabulary of --dists and --estimators.
+    """
+    if value is None:
+        return tuple(default) if default is not None else tuple(allowed if allowed is not None else registry.names())
+    names = parse_names(value)
+    if not names:
+        raise typer.BadParameter("needs at least one name (or 'all')", param_hint=option)
+    valid = list(allowed) if allowed is not None else registry.names()
+    if names == ("all",):
+        return tuple(valid)
+    out = []
+    for name in names:
+        if name not in registry:
+            raise typer.BadParameter(f"unknown name {name!r}; valid: {', '.join(registry.names(with_aliases=True))}, all",
+                                     param_hint=option)
+        canonical = registry.canonical(name)
+        if canonical not in valid:
+            raise typer.BadParameter(f"{canonical!r} does not apply here; valid: {', '.join(valid)}, all",
+                                     param_hint=option)
+        if canonical not in out:
+            out.append(canonical)
+    return tuple(out)
