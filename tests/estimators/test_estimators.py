@@ -535,7 +535,6 @@ def separated_noise(dist, seed):
 def test_sst_relaxation_tends_to_the_hard_sample(name):
     """At tau = 1 (the scores are 3 apart) the relaxed sample rounds to the indicator of solve(E) on the same noise:
     checks the conventions (sign of G, rank order, edge orientation, symmetrisation)."""
-    pytest.importorskip("rgbench.estimators.relaxations")
     dist = make(name, 5)
     noise = separated_noise(dist, seed=90)
     hard = dist.indicator(dist.solve(noise)[0])
@@ -547,7 +546,6 @@ def test_sst_relaxation_tends_to_the_hard_sample(name):
 def test_sst_matching_tends_to_the_max_weight_assignment():
     """Gumbel-Sinkhorn's hard limit is the max-weight assignment of G (scipy oracle), which
     the greedy matching need not equal (DESIGN §4)."""
-    pytest.importorskip("rgbench.estimators.relaxations")
     dist = make("matching", 5)
     noise = separated_noise(dist, seed=91)
     scores = perturbed_logits(dist, noise, fill=-torch.inf)
@@ -559,7 +557,6 @@ def test_sst_matching_tends_to_the_max_weight_assignment():
 
 @pytest.mark.parametrize("name", ["topk", "permutation", "matching", "kruskal", "cle"])
 def test_sst_straight_through_forwards_the_hard_sample(name):
-    pytest.importorskip("rgbench.estimators.relaxations")
     dist = make(name, 5, batch_shape=(2,), seed=92)
     objective = Quadratic(dist, seed=13)
     surrogate = build("sst-st", 3).surrogate(dist, objective, generator=seeded(93))
