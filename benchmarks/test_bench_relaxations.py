@@ -7,7 +7,7 @@ these fix the cost of one SST estimate next to the recursive samplers' benchmark
 import pytest
 import torch
 
-from rgbench.estimators.relaxations import arborescence_marginals, sinkhorn, spanning_tree_marginals, topk_marginals
+from rgbench.distributions.relaxations import arborescence_marginals, sinkhorn, spanning_tree_marginals, topk_marginals
 
 N, BATCH, SCALE = 50, 128, 3.0
 

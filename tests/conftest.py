@@ -9,3 +9,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def registered():
+    """``registered(registry, name, obj)`` adds ``obj`` to a public registry for one test
+    and returns it; every entry added is unregistered at teardown, even after a failure."""
+    added = []
+
+    def add(registry, name, obj):
+        registry.register(name)(obj)
+        added.append((registry, name))
+        return obj
+
+    try:
+        yield add
+    finally:
+        for registry, name in reversed(added):
+            registry.unregister(name)

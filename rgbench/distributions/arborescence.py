@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
+from rgbench.distributions.relaxations import arborescence_marginals
 
 
 class ArborescenceTrace(NamedTuple):
@@ -260,6 +261,7 @@ class Arborescence(StructuredDistribution):
 
     logits_event_dim = 2
     max_enumeration_size = 5
+    has_relaxation = True
     #: How far (in nats) log Z of a contracted draw may fall below its owner's largest column
     #: maximum before the fast product is distrusted and the draw recomputed exactly; None:
     #: from the dtype, so that mass lost to underflow stays below one ulp (see _log_norms).
@@ -522,6 +524,12 @@ class Arborescence(StructuredDistribution):
     def indicator(self, x):
         one_hot = torch.nn.functional.one_hot(x + 1, self.n + 1)[..., 1:]  # [..., child, parent]
         return one_hot.transpose(-1, -2).to(self.logits.dtype)
+
+    def relax(self, scores):
+        """Edge marginals [parent, child] of p(A) ∝ exp(sum_{e∈A} scores_e) over the
+        arborescences rooted at ``root`` (directed matrix-tree theorem,
+        ``arborescence_marginals``)."""
+        return arborescence_marginals(scores, root=self.root)
 
     # ------------------------------------------------------------------ trace checks
     def _check_trace(self, trace) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:

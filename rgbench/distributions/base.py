@@ -145,6 +145,11 @@ class StructuredDistribution(Distribution):
     #: True when only the strict upper triangle of the [n, n] logits is read (undirected
     #: edges): a parameterisation must keep the logits symmetric
     symmetric_logits: ClassVar[bool] = False
+    #: True when the structure is the argmax of a linear program, so :meth:`relax` gives its
+    #: regularised (Gibbs-marginal) relaxation, as the stochastic softmax trick needs
+    has_relaxation: ClassVar[bool] = False
+    #: why there is no relaxation where ``has_relaxation`` is False (ends error messages)
+    no_relaxation_reason: ClassVar[str] = "no regularised-argmax relaxation is implemented for it"
 
     def __init__(self, logits: torch.Tensor, validate_args: bool | None = None):
         self.logits = self._check_logits(logits)
@@ -535,6 +540,19 @@ class StructuredDistribution(Distribution):
             f"P(X) is intractable for {type(self).__name__} (a sum over all traces of X); "
             "use trace_log_prob(trace) for the score of the execution trace"
         )
+
+    # ------------------------------------------------------------------ relaxation
+    def relax(self, scores: torch.Tensor) -> torch.Tensor:
+        """The regularised argmax of ``scores`` in indicator form: the marginals of the Gibbs
+        law p(X) ∝ exp(<scores, indicator(X)>) over this structure (Paulus et al. 2020).
+
+        ``scores`` has shape ``sample_shape + logits.shape`` (SST passes (logits + Gumbel) / tau)
+        with ``-inf`` at positions outside :attr:`support_mask`; the result has shape
+        ``sample_shape + batch_shape + indicator_event_shape`` and tends to the indicator of
+        the argmax structure as the scores sharpen. ``NotImplementedError`` unless
+        :attr:`has_relaxation`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no relaxation: {self.no_relaxation_reason}")
 
     # ------------------------------------------------------------------ enumeration
     @abstractmethod

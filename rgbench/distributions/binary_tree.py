@@ -308,6 +308,10 @@ class BinaryTree(StructuredDistribution):
     """
 
     max_enumeration_size = 7
+    no_relaxation_reason = (
+        "binary trees from divide and conquer have no linear-program (regularised argmax) form, "
+        "so there is no stochastic softmax trick for them"
+    )
 
     def _check_structure(self):
         if not self._all_finite:  # NaN and +inf were rejected by _check_logits

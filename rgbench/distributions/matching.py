@@ -14,6 +14,7 @@ from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
+from rgbench.distributions.relaxations import sinkhorn
 
 
 # A float32 value widened to float64 leaves the low 29 bits of the mantissa zero: room for the
@@ -196,6 +197,7 @@ class GreedyMatching(StructuredDistribution):
 
     logits_event_dim = 2
     max_enumeration_size = 5
+    has_relaxation = True
 
     def _check_structure(self):
         if not self._all_finite:  # NaN and +inf were rejected by _check_logits
@@ -218,6 +220,11 @@ class GreedyMatching(StructuredDistribution):
 
     def indicator(self, x):
         return torch.nn.functional.one_hot(x, self.n).to(self.logits.dtype)
+
+    def relax(self, scores):
+        """Sinkhorn(scores), [row, col]: the entropy-regularised maximum-weight assignment
+        (Gumbel-Sinkhorn, Mena et al. 2018)."""
+        return sinkhorn(scores)
 
     # ------------------------------------------------------------------ traces
     def _check_trace(self, trace) -> tuple[torch.Tensor, torch.Tensor]:

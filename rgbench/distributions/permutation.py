@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rgbench.distributions.catalog import register
+from rgbench.distributions.relaxations import sinkhorn
 from rgbench.distributions.topk import PlackettLuceRecursion, TopK
 
 
@@ -50,6 +51,16 @@ class Permutation(TopK):
 
     def indicator(self, x):
         return torch.nn.functional.one_hot(x, self.n).to(self.logits.dtype).transpose(-1, -2)
+
+    def relax(self, scores):
+        """Sinkhorn(scores_i c_r) in the [item, rank] layout, rank weights c_r = n-1-r.
+
+        The linear assignment maximising sum_i scores_i c_rank(i) puts the largest score at
+        rank 0, as insertion sort on E = exp(-scores) does; Sinkhorn is its entropy-regularised
+        form (Gumbel-Sinkhorn, Mena et al. 2018).
+        """
+        weights = torch.arange(self.n - 1, -1, -1, dtype=scores.dtype, device=scores.device)
+        return sinkhorn(scores.unsqueeze(-1) * weights)
 
     def log_prob(self, x):
         return self.trace_log_prob(x)

@@ -41,6 +41,7 @@ from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, TraceSample, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import PoolTrace, check_pool_trace, pool_log_prob, pool_noise_given_trace
+from rgbench.distributions.relaxations import spanning_tree_marginals
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 
@@ -308,6 +309,7 @@ class SpanningTree(StructuredDistribution):
     logits_event_dim = 2
     max_enumeration_size = 5
     symmetric_logits = True
+    has_relaxation = True
 
     # ------------------------------------------------------------------ validation
     @classmethod
@@ -442,6 +444,15 @@ class SpanningTree(StructuredDistribution):
         flat = torch.cat([x[..., 0] * n + x[..., 1], x[..., 1] * n + x[..., 0]], -1)
         zeros = torch.zeros(x.shape[:-2] + (n * n,), dtype=self.logits.dtype, device=x.device)
         return zeros.scatter(-1, flat, 1.0).unflatten(-1, (n, n))
+
+    def relax(self, scores):
+        """Edge marginals of p(T) ∝ exp(sum_{e∈T} scores_e) (matrix-tree theorem,
+        ``spanning_tree_marginals``).
+
+        One score per undirected edge, read on the strict upper triangle (the lower one lies
+        outside the support, -inf); the marginals come back symmetric, the indicator's layout.
+        """
+        return spanning_tree_marginals(scores)
 
     # ------------------------------------------------------------------ traces
     # The pool functions see the E = n(n-1)/2 edges i < j as a flat list, in the row-major

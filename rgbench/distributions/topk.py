@@ -11,6 +11,7 @@ from rgbench.distributions import recursion as spec
 from rgbench.distributions.base import DrawSet, StructuredDistribution, scale_exponential, unit_exponential
 from rgbench.distributions.catalog import register
 from rgbench.distributions.pool import rate_dtype, reverse_logcumsumexp
+from rgbench.distributions.relaxations import topk_marginals
 
 
 class PlackettLuceRecursion(spec.Recursion):
@@ -86,6 +87,7 @@ class TopK(StructuredDistribution):
 
     max_enumeration_size = 8
     max_log_prob_k = 10
+    has_relaxation = True
 
     def __init__(self, logits: torch.Tensor, k: int, validate_args: bool | None = None):
         self.k = k
@@ -127,6 +129,10 @@ class TopK(StructuredDistribution):
     def indicator(self, x):
         zeros = torch.zeros(x.shape[:-1] + (self.n,), dtype=self.logits.dtype, device=x.device)
         return zeros.scatter(-1, x, 1.0)
+
+    def relax(self, scores):
+        """P(i ∈ S) under p(S) ∝ exp(sum_{i∈S} scores_i), |S| = k (``topk_marginals``)."""
+        return topk_marginals(scores, self.k)
 
     def _check_trace(self, trace: torch.Tensor) -> torch.Tensor:
         self._trace_lead_shape(trace, (self.k,))

@@ -2,16 +2,9 @@
 
 With Gumbel-perturbed logits G = logits + Gumbel = -log E (E from ``sample_noise``, so G is
 reparameterised in the logits), the hard sample is the max-weight structure under G and the
-relaxed sample X_tau is the regularised argmax at temperature tau, in indicator form:
-
-    topk         topk_marginals(G / tau, k)           (fixed-size exponential family)
-    kruskal      spanning_tree_marginals(G / tau)      (matrix-tree theorem on the upper
-                                                        triangle; symmetric output)
-    cle          arborescence_marginals(G / tau, root) (directed matrix-tree theorem)
-    permutation  sinkhorn(G_i c_r / tau), c_r = n-1-r  (the hard limit sorts G descending,
-                                                        rank 0 first; indicator [item, rank])
-    matching     sinkhorn(G / tau)                     (Gumbel-Sinkhorn)
-    binary-tree  none (NotImplementedError)
+relaxed sample is X_tau = ``dist.relax(G / tau)``, the structure's regularised argmax in
+indicator form (top-k marginals, matrix-tree marginals, Sinkhorn; see each distribution's
+``relax``). Structures with ``has_relaxation = False`` (binary trees) are unsupported.
 
 ``sst``:    g = (1/K) sum_k grad L(X_tau,k)                       (relaxed forward)
 ``sst-st``: forward L(H_k), H_k the hard indicator of solve(E_k), backward through
@@ -25,89 +18,26 @@ relaxations, ``iterations`` * O(n^2) for Sinkhorn, O(n k) for top-k).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from rgbench.distributions.base import StructuredDistribution
-from rgbench.distributions.catalog import DISTRIBUTIONS
 from rgbench.estimators.base import Objective, accepts_relaxed
 from rgbench.estimators.catalog import register
 from rgbench.estimators.common import SurrogateEstimator, check_positive_number, evaluate, perturbed_logits
 
 
-def structure_name(dist: StructuredDistribution) -> str | None:
-    """The registry name of ``dist``'s class, or of its nearest registered base class."""
-    registered = {DISTRIBUTIONS.get(name): name for name in DISTRIBUTIONS}
-    for cls in type(dist).__mro__:
-        if cls in registered:
-            return registered[cls]
-    return None
-
-
-def _relax_topk(dist, scores):
-    from rgbench.estimators.relaxations import topk_marginals
-
-    return topk_marginals(scores, dist.k)
-
-
-def _relax_permutation(dist, scores):
-    from rgbench.estimators.relaxations import sinkhorn
-
-    n = dist.n
-    # Rank weights c_r = n-1-r: the linear assignment maximising sum_i G_i c_rank(i) puts the
-    # largest G at rank 0, matching insertion sort on E = exp(-G).
-    weights = torch.arange(n - 1, -1, -1, dtype=scores.dtype, device=scores.device)
-    return sinkhorn(scores.unsqueeze(-1) * weights)
-
-
-def _relax_matching(dist, scores):
-    from rgbench.estimators.relaxations import sinkhorn
-
-    return sinkhorn(scores)
-
-
-def _relax_spanning_tree(dist, scores):
-    from rgbench.estimators.relaxations import spanning_tree_marginals
-
-    # One noise variable per undirected edge, in the strict upper triangle (the lower one is
-    # unusable, G = -inf); the marginals read that triangle and come back symmetric, which is
-    # the indicator's layout.
-    return spanning_tree_marginals(scores)
-
-
-def _relax_arborescence(dist, scores):
-    from rgbench.estimators.relaxations import arborescence_marginals
-
-    return arborescence_marginals(scores, root=dist.root)
-
-
-RELAXATIONS: dict[str, Callable[[StructuredDistribution, torch.Tensor], torch.Tensor]] = {
-    "topk": _relax_topk,
-    "permutation": _relax_permutation,
-    "matching": _relax_matching,
-    "kruskal": _relax_spanning_tree,
-    "cle": _relax_arborescence,
-}
-UNSUPPORTED = {
-    "binary-tree": "binary trees from divide and conquer have no linear-program (regularised argmax) "
-    "form, so there is no stochastic softmax trick for them",
-}
-
-
-def check_relaxable(dist: StructuredDistribution, who: str) -> str:
-    name = structure_name(dist)
-    if name in UNSUPPORTED:
-        raise NotImplementedError(f"{who} is not available for {type(dist).__name__}: {UNSUPPORTED[name]}")
-    if name not in RELAXATIONS:
-        raise NotImplementedError(f"{who} has no relaxation for {type(dist).__name__} (registered as {name!r})")
-    return name
+def check_relaxable(dist: StructuredDistribution, who: str) -> None:
+    """``NotImplementedError`` naming ``who`` unless ``dist`` has a relaxation."""
+    if not dist.has_relaxation:
+        raise NotImplementedError(f"{who} is not available for {type(dist).__name__}: {dist.no_relaxation_reason}")
 
 
 def relaxed_indicator(dist: StructuredDistribution, noise: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """X_tau in indicator form for the noise E (shape ``sample_shape + logits.shape``)."""
-    name = check_relaxable(dist, "relaxed_indicator")
-    return RELAXATIONS[name](dist, perturbed_logits(dist, noise, fill=-torch.inf) / temperature)
+    """X_tau = dist.relax(G / tau), G = -log E, for the noise E (shape ``sample_shape + logits.shape``)."""
+    check_relaxable(dist, "relaxed_indicator")
+    return dist.relax(perturbed_logits(dist, noise, fill=-torch.inf) / temperature)
 
 
 class SoftmaxTrick(SurrogateEstimator):

@@ -33,9 +33,9 @@ SIGMA = 0.5
 
 def _exact_gradient(dist, objective):
     """The exact gradient by enumeration, written here from the trace log-probabilities."""
-    enum = type(dist)(dist.logits.detach(), **dist._extra_args()).enumerate_traces()
+    enum = dist.with_logits(dist.logits.detach()).enumerate_traces()
     logits = dist.logits.detach().clone().requires_grad_()
-    leaf = type(dist)(logits, **dist._extra_args())
+    leaf = dist.with_logits(logits)
     probs = leaf.trace_log_prob(enum.traces).exp()
     values = objective(dist.indicator(enum.x)).detach()
     (grad,) = torch.autograd.grad((probs * values).sum(), logits)
@@ -45,8 +45,6 @@ def _exact_gradient(dist, objective):
 class Antithetic(Estimator):
     """Exact gradient + SIGMA * Z, the replicates in (+Z, -Z) pairs: the replicate mean is the
     exact gradient and each coordinate's variance is SIGMA^2."""
-
-    name = "antithetic"
 
     def estimate(self, dist, objective, num_replicates=1, generator=None):
         grad = _exact_gradient(dist, objective)
@@ -63,8 +61,6 @@ class Antithetic(Estimator):
 class Broken(Estimator):
     """Raises an unexpected error: the harness must record it, not crash."""
 
-    name = "broken"
-
     def estimate(self, dist, objective, num_replicates=1, generator=None):
         raise RuntimeError("boom")
 
@@ -73,10 +69,10 @@ class Broken(Estimator):
 
 
 @pytest.fixture
-def synthetic(monkeypatch):
+def synthetic(registered):
     """Register the synthetic estimators for one test only."""
-    monkeypatch.setitem(estimators.ESTIMATORS._entries, "antithetic", Antithetic)
-    monkeypatch.setitem(estimators.ESTIMATORS._entries, "broken", Broken)
+    registered(estimators.ESTIMATORS, "antithetic", Antithetic)
+    registered(estimators.ESTIMATORS, "broken", Broken)
 
 
 # ---------------------------------------------------------------------------- seeds and timing
@@ -427,11 +423,10 @@ class InflatedLOO(TLeaveOneOut):
 
 
 @pytest.fixture
-def inflated():
+def inflated(registered):
     """``t-loo-x1.5`` in the public registry for one test only."""
-    estimators.ESTIMATORS.register("t-loo-x1.5")(InflatedLOO)
-    yield "t-loo-x1.5"
-    estimators.ESTIMATORS.unregister("t-loo-x1.5")
+    registered(estimators.ESTIMATORS, "t-loo-x1.5", InflatedLOO)
+    return "t-loo-x1.5"
 
 
 def test_a_biased_estimator_registered_as_unbiased_is_flagged(inflated):

@@ -136,17 +136,15 @@ def test_sizes_beyond_enumeration_fall_back_and_say_so(tmp_path, monkeypatch):
     assert "t-loo Monte Carlo reference" in (tmp_path / "tables.md").read_text()
 
 
-def test_failed_cells_exit_with_one_line(tmp_path, monkeypatch):
+def test_failed_cells_exit_with_one_line(tmp_path, registered):
     class Broken(estimators.Estimator):
-        name = "broken"
-
         def estimate(self, dist, objective, num_replicates=1, generator=None):
             raise RuntimeError("boom")
 
         def surrogate(self, dist, objective, generator=None):
             raise RuntimeError("boom")
 
-    monkeypatch.setitem(estimators.ESTIMATORS._entries, "broken", Broken)
+    registered(estimators.ESTIMATORS, "broken", Broken)
     result = _run("variance", "--dist", "topk", "--sizes", "3", "--estimators", "broken,t-reinforce", *FAST,
                   "--out", tmp_path)
     assert result.exit_code == 1

@@ -5,15 +5,22 @@ Statistical tests use fixed seeds; each states its false-alarm rate.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
 import torch
 from scipy import stats
 
+from rgbench import distributions
 from tests.cases import NAMES, CASES, flat_trace, make, traces_equal, x_key
 
 SMALL = [2, 3, 4, 5]
+
+
+def test_every_registered_structure_has_a_case():
+    """CASES drives every contract test here: a structure missing from it goes untested."""
+    assert set(CASES) == set(distributions.names())
 
 
 def symmetric_param(name):
@@ -279,3 +286,25 @@ def test_float32_trace_log_prob_matches_float64(name, scale):
     expected = dist.trace_log_prob(trace)
     # float32 rounds each logit by up to 6e-8 of its size, over some 2n terms of log P(T).
     assert torch.allclose(single.double(), expected, rtol=1e-5, atol=1e-6 * scale)
+
+
+# ---------------------------------------------------------------------------- relaxation
+@pytest.mark.parametrize("name", NAMES)
+def test_relax_is_a_fractional_indicator_or_says_why_not(name):
+    """relax(G) (G = -log E on the support, -inf elsewhere) has the hard indicator's shape,
+    entries in [0, 1] and the same total (k, n, 2(n - 1) or n - 1): a point of the marginal
+    polytope. Without a relaxation, relax raises with the class's reason."""
+    dist = make(name, 5, batch_shape=(2,), seed=80)
+    noise = dist.sample_noise((3,), generator=torch.Generator().manual_seed(81))
+    scores = torch.where(dist.support_mask, -noise.log(), torch.full_like(noise, -torch.inf))
+    assert isinstance(dist.has_relaxation, bool)
+    if not dist.has_relaxation:
+        with pytest.raises(NotImplementedError, match=re.escape(dist.no_relaxation_reason)):
+            dist.relax(scores)
+        return
+    relaxed = dist.relax(scores)
+    hard = dist.indicator(dist.solve(noise)[0])
+    event = len(dist.indicator_event_shape)
+    assert relaxed.shape == hard.shape and relaxed.dtype == hard.dtype
+    assert ((relaxed >= 0) & (relaxed <= 1 + 1e-9)).all()
+    assert torch.allclose(relaxed.flatten(-event).sum(-1), hard.flatten(-event).sum(-1), atol=1e-5)

@@ -1,4 +1,4 @@
-"""SST relaxations (``rgbench.estimators.relaxations``) against brute-force Gibbs marginals.
+"""SST relaxations (``rgbench.distributions.relaxations``) against brute-force Gibbs marginals.
 
 Oracles enumerate every structure with ``oracles.py`` (itertools, no rgbench code) and weight
 it by exp(sum of its scores) in plain Python floats. No statistical tests here: everything is
@@ -14,7 +14,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 from tests.oracles import support_cle, support_kruskal, support_topk
-from rgbench.estimators.relaxations import (
+from rgbench.distributions.relaxations import (
     arborescence_marginals,
     sinkhorn,
     spanning_tree_marginals,
@@ -282,7 +282,7 @@ def test_gradcheck(name):
 def test_log_cumsum_exp_helper_matches_torch_and_has_second_derivatives():
     # The top-k recursion's own log-cumsum-exp (torch's double backward is NaN at zero
     # upstream gradients, which the recursion produces).
-    from rgbench.estimators.relaxations import _LogCumSumExp
+    from rgbench.distributions.relaxations import _LogCumSumExp
 
     x = random_scores((3, 7), seed=21).requires_grad_()
     upstream = random_scores((3, 7), seed=22)

@@ -66,7 +66,8 @@ class Task(ABC):
     def build(self, dist: StructuredDistribution, generator: torch.Generator | None = None) -> StructuredObjective:
         """The objective for ``dist`` (any batch shape: one set of parameters per instance),
         drawn with ``generator`` on the logits' device."""
-        reason = self.supports(_registry_name(dist))
+        # An unregistered class has no registry name: it is supported only by the all-structure tasks.
+        reason = self.supports(getattr(type(dist), "name", type(dist).__name__))
         if reason is not None:
             raise NotImplementedError(reason)
         return self._build(dist, generator)
@@ -75,11 +76,3 @@ class Task(ABC):
     def _build(self, dist: StructuredDistribution, generator: torch.Generator | None) -> StructuredObjective:
         ...
 
-
-def _registry_name(dist: StructuredDistribution) -> str:
-    from rgbench.distributions.catalog import DISTRIBUTIONS
-
-    for name in DISTRIBUTIONS:
-        if DISTRIBUTIONS.get(name) is type(dist):
-            return name
-    return type(dist).__name__

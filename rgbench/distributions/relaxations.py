@@ -1,4 +1,4 @@
-"""Differentiable relaxations of structured argmaxes, for the SST estimator (DESIGN §5).
+"""Differentiable relaxations of structured argmaxes (the structures' ``relax``; SST, DESIGN §5).
 
 Each function maps scores (perturbed logits divided by a temperature) to the *marginals* of a
 Gibbs distribution over the structure, p(X) ∝ exp(<scores, X>): the regularised argmax of the
