@@ -209,9 +209,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(uninterrupted, tmp_path
 def test_sigint_stops_after_the_cell_and_resume_completes(uninterrupted, tmp_path, monkeypatch):
     """The signal arrives during the first cell (sent by the test itself, so no timing is
     involved): that cell is saved, the run stops, and --resume finishes it identically."""
-    from rgbench.bench import variance
+    from rgbench.bench import cells
 
-    measure = variance.measure_cell
+    measure = cells.measure_cell
 
     def measure_then_signal(*args, **kwargs):
         row = measure(*args, **kwargs)
@@ -219,14 +219,14 @@ def test_sigint_stops_after_the_cell_and_resume_completes(uninterrupted, tmp_pat
         return row
 
     out = tmp_path / "stopped"
-    monkeypatch.setattr(variance, "measure_cell", measure_then_signal)
+    monkeypatch.setattr(cells, "measure_cell", measure_then_signal)
     result = _invoke("variance", *TINY, "--out", out)
     assert result.exit_code == 130, result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"Interrupted (SIGINT): 1 of 4 cells saved in {out}; continue with: rgbench variance")
     assert line.endswith("--no-figures") and "--resume" in line and f"--out {out}" in line
     assert not (out / "variance.csv").exists()
-    monkeypatch.setattr(variance, "measure_cell", measure)
+    monkeypatch.setattr(cells, "measure_cell", measure)
     assert _invoke("variance", *TINY, "--out", out, "--resume").exit_code == 0
     pd.testing.assert_frame_equal(_non_timing(out), _non_timing(uninterrupted))
 
