@@ -73,10 +73,13 @@ class Broken(Estimator):
 
 
 @pytest.fixture
-def synthetic(monkeypatch):
+def synthetic():
     """Register the synthetic estimators for one test only."""
-    monkeypatch.setitem(estimators.ESTIMATORS._entries, "antithetic", Antithetic)
-    monkeypatch.setitem(estimators.ESTIMATORS._entries, "broken", Broken)
+    estimators.ESTIMATORS.register("antithetic")(Antithetic)
+    estimators.ESTIMATORS.register("broken")(Broken)
+    yield
+    estimators.ESTIMATORS.unregister("antithetic")
+    estimators.ESTIMATORS.unregister("broken")
 
 
 # ---------------------------------------------------------------------------- seeds and timing
