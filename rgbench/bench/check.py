@@ -624,7 +624,7 @@ def format_table(comparison: Comparison) -> str:
 __all__ = [
     "BIAS_TEST",
     "CellResult",
-    "CheckCell",
+    "Variant",
     "CheckGrid",
     "CheckRun",
     "Comparison",

@@ -53,7 +53,7 @@ def check(
     sizes: Annotated[Optional[str], typer.Option(
         help=f"Comma-separated sizes n (default {','.join(map(str, checks.DEFAULT_SIZES))}).")] = None,
     estimators: Annotated[Optional[str], typer.Option(
-        help=f"Comma-separated estimators, or all (default {','.join(checks.DEFAULT_ESTIMATORS)}).")] = None,
+        help="Comma-separated estimators, or all. Default: e-/t-/x-reinforce, e-/t-loo, relax, sst.")] = None,
     replicates: Annotated[Optional[int], typer.Option(
         min=2, help=f"Independent estimates per cell, R (default {checks.DEFAULT_REPLICATES}).")] = None,
     threads: Annotated[int, typer.Option(
