@@ -401,7 +401,7 @@ def run_check(
     per_seed: dict[int, list[tuple[str, dict]]] = {seed: [] for seed in seed_list}
     for variance_grid in grid.variance_grids(seed_list, instance_seed):
         rows = variance_rows(variance_grid, progress=progress, executor=executor, factory=estimator_factory,
-                             verify_reference=True)
+                             verify_reference=True, desc="check")
         for cell, row in zip(variance_grid.cells(), rows):
             per_seed[cell.seed].append((CellSpec.of(variance_grid, cell).name, row))
     runs = []

@@ -45,7 +45,8 @@ def cell_key(cell: Cell) -> dict:
 
 
 def variance_rows(grid: VarianceGrid, *, progress: bool = False, saved: CellStore | None = None,
-                  executor: Executor | None = None, factory=None, verify_reference: bool = False) -> list[dict]:
+                  executor: Executor | None = None, factory=None, verify_reference: bool = False,
+                  desc: str = "variance") -> list[dict]:
     """The rows of every cell of ``grid``, in grid order (see :func:`run_variance`)."""
     cells = list(grid.cells())
     rows: list[dict | None] = [None] * len(cells)
@@ -56,7 +57,7 @@ def variance_rows(grid: VarianceGrid, *, progress: bool = False, saved: CellStor
             rows[index] = done
         else:
             pending.append(index)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc="variance", unit="cell",
+    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=desc, unit="cell",
                disable=not progress, leave=False)
     runner = CellRunner(grid, factory=factory, verify_reference=verify_reference)
     try:
