@@ -1,15 +1,24 @@
 """The CI regression check: estimator variance and bias against a committed baseline.
 
-A small fixed grid of *cells* (structure, size n, estimator, K) is recomputed on the CPU in
-float64 and compared with a baseline file written earlier by the same code (``--update``).
-Each cell draws R independent estimates g_1..g_R (d coordinates each) of the gradient of
-E[L(X)] for one seeded instance and the quadratic task (``rgbench.bench.tasks``: L(X) =
-||ind(X) - ind(X*)||^2, X* one seeded sample of the instance), and records
+The check has no pipeline of its own: it is a comparison over the same cells ``rgbench
+variance`` computes. A :class:`CheckGrid` names a small fixed set of cells (structure, size
+n, estimator, K) as :class:`~rgbench.bench.grid.VarianceGrid` s (CPU, float64, plus the
+float32 / shifted variants on the same instances); :func:`run_check` runs them through the
+one cell runner (:mod:`rgbench.bench.cells`) and reads each variance row as a
+:class:`CellResult`, compared with a baseline file written earlier by the same code
+(``--update``). Each cell draws R independent estimates g_1..g_R (d coordinates each) of
+the gradient of E[L(X)] for one seeded instance and the quadratic task
+(``rgbench.bench.tasks``: L(X) = ||ind(X) - ind(X*)||^2, X* one seeded sample of the
+instance); from its variance row the check uses
 
-* the total variance  V = sum_r ||g_r - g_bar||^2 / (R - 1) = mean_r D_r * R / (R - 1),
-  D_r = ||g_r - g_bar||^2, with its CLT standard error se(V) = sd_r(D_r) / sqrt(R) * R / (R - 1);
-* per coordinate i the mean g_bar_i and its standard error SE_i = s_i / sqrt(R), s_i the
-  sample standard deviation, for a z-test against the exact gradient grad_i (enumeration).
+* the total variance ``total_var`` V = sum_r ||g_r - g_bar||^2 / (R - 1) = mean_r D_r * R / (R - 1),
+  D_r = ||g_r - g_bar||^2, with its CLT standard error ``total_var_se``
+  se(V) = sd_r(D_r) / sqrt(R) * R / (R - 1);
+* the bias z-tests against the exact gradient grad_i (enumeration): per coordinate i that
+  varies, z_i = (g_bar_i - grad_i) / SE_i, SE_i = s_i / sqrt(R) with s_i the sample standard
+  deviation; the row keeps ``bias_z`` = max_i |z_i| and ``num_tests`` (how many coordinates
+  vary), plus ``num_fixed_biased``: coordinates where every replicate agrees yet differs
+  from the exact gradient beyond rounding (z = inf).
 
 Tests (the family-wise false-alarm rate alpha, default 1e-3, is split by Bonferroni over all
 m tests of one comparison: m = #variance tests + #bias coordinate tests):
@@ -19,75 +28,74 @@ m tests of one comparison: m = #variance tests + #bias coordinate tests):
   Baseline and current runs are independent (different seeds) or identical (the same seed:
   z = 0), so the independent-samples standard error is exact or conservative.
 * bias (estimators with ``unbiased = True`` only; sst is biased, so only its variance is
-  checked): z_i = (g_bar_i - grad_i) / SE_i for every coordinate; FAIL when
-  |z_i| > Phi^-1(1 - alpha / (2 m)). A coordinate with SE_i = 0 is skipped when its bias
-  is exactly 0 (a position the structure never moves) and fails otherwise (z = inf).
+  checked): a cell counts ``num_tests + num_fixed_biased`` coordinate tests and FAILs when
+  its max |z_i| > Phi^-1(1 - alpha / (2 m)), i.e. when some coordinate's test fails (the
+  same decision as testing every coordinate, read from the row's maximum), or when a
+  coordinate without spread is off the exact gradient (z = inf). A coordinate with SE_i = 0
+  and no bias (a position the structure never moves) is not a test.
 * a baseline cell that is missing from a full run (a subset run, ``--dists/--sizes/
-  --estimators``, compares only its own cells), raises (error recorded, cell named), or is
-  now skipped although the baseline did not record it skipped: FAIL. The run decides what is
-  measurable: a cell it measured whose baseline records skipped or error FAILs (no numbers),
-  so editing a status cannot drop a test. Cells new to the baseline (outside its grid) get
-  the bias test and FAIL when biased, else verdict NEW.
+  --estimators``, compares only its own cells), raises (error recorded, cell named; an
+  estimate with NaN/inf or of the wrong shape too), or is now skipped although the baseline
+  did not record it skipped: FAIL. The run decides what is measurable: a cell it measured
+  whose baseline records skipped or error FAILs (no numbers), so editing a status cannot
+  drop a test. Cells new to the baseline (outside its grid) get the bias test and FAIL when
+  biased, else verdict NEW.
 * the baseline itself (load): an unknown status, a non-numeric, negative or non-finite
   variance, a wrong type, no cells, or a cell of its own recorded grid missing is a
-  ValueError naming the cell and field; a full run also needs every cell of its grid.
+  ValueError naming the cell and field; a full run also needs every cell of its grid. A
+  baseline of the former format (``rgbench-variance-check/1``) must be regenerated.
 * variants: every structure at n=3 with t-reinforce and t-loo in float32, plain and with
-  every logit shifted by +-105 (the law and the gradient are shift-invariant, so the float64
-  unshifted exact gradient is their reference). The exact gradient of each instance is
-  checked against central finite differences of the exact expectation (forward values
-  only), so a wrong backward pass cannot bias the reference and the estimators alike.
+  every logit shifted by +-105 (``VarianceGrid.dtype`` / ``logit_shift``; the law and the
+  gradient are shift-invariant, so the cell runner's reference is the float64 unshifted
+  exact gradient). The exact gradient of each instance is checked against central finite
+  differences of the exact expectation (forward values only,
+  :func:`rgbench.bench.cells.finite_difference_check`), so a wrong backward pass cannot
+  bias the reference and the estimators alike.
 
 Seeds (SHA-256 via :func:`rgbench.bench.seeds.derive_seed`, never Python's ``hash``): the
-instance (logits and task target) and the relax critic's warm-up derive from the baseline's
-``instance_seed``, so every comparison faces the same instances and the same trained critic;
-the estimates derive from ``seed`` and the cell name, so the baseline's seed reproduces it
+grids' ``instance_seed`` is the baseline's, so the instances (logits and task target), the
+references and the relax critic's warm-up are the same in every comparison; the estimates
+derive from ``seed`` and the cell (its ``cell_seed``), so the baseline's seed reproduces it
 exactly and another seed is a fresh, independent sample of the same quantities.
 
 Normal approximations assume R large enough for means and log-variances to be near-normal.
 R = 10000 because some cells are heavy-tailed: se(V) / V is 0.6-2 % for most cells but about
 7 % for relax on binary trees at n = 3, where a doubled variance then still gives z near 7
 against a threshold near 4.6 (about 99 % power); elsewhere z is 10-50. Cost: per instance one
-enumeration for the exact gradient; per cell the critic warm-up (relax) and R estimates:
-about 30 CPU-seconds on 2 cores for the default 120 cells.
+enumeration for the exact gradient; per cell the critic warm-up (relax), R estimates, the
+variance row's bootstrap and its timed single estimates.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import platform
-import sys
-import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from datetime import datetime, timezone
 from pathlib import Path
 from statistics import NormalDist
 from typing import Callable, Sequence
 
-import torch
-from tqdm.auto import tqdm
+from rgbench import distributions
+from rgbench.bench.cells import CellSpec, default_estimator_factory, finite_difference_check
+from rgbench.bench.executor import Executor
+from rgbench.bench.grid import CHECK_ESTIMATORS, DTYPES, VarianceGrid
+from rgbench.bench.results import make_metadata
+from rgbench.bench.store import write_text
+from rgbench.bench.variance import variance_rows
 
-import rgbench
-from rgbench import distributions, estimators
-from rgbench.bench import tasks
-from rgbench.estimators.base import Estimator
-from rgbench.bench.seeds import derive_seed, generator
-from rgbench.bench.store import Interrupted, check_stop, write_text
-from rgbench.bench.streaming import ReplicateSummary, chunk_sizes, draw_chunks
-
-FORMAT = "rgbench-variance-check/1"
+FORMAT = "rgbench-variance-check/2"
+#: formats whose cells the current code no longer reproduces: regenerate with --update
+OLD_FORMATS = ("rgbench-variance-check/1",)
 STATUSES = ("ok", "skipped", "error")
-DEFAULT_ESTIMATORS = ("e-reinforce", "t-reinforce", "x-reinforce", "e-loo", "t-loo", "relax", "sst")
+#: the check's estimators (``grid.CHECK_ESTIMATORS``: the variance default plus x-reinforce)
+DEFAULT_ESTIMATORS = CHECK_ESTIMATORS
 DEFAULT_SIZES = (3, 4)
 DEFAULT_K = 4
 DEFAULT_REPLICATES = 10000
 DEFAULT_SEED = 0
 DEFAULT_TASK = "quadratic"
 FALSE_ALARM_RATE = 1e-3
-#: critic steps when an estimator has ``train_critic`` but no ``warm_up`` / ``warmup_steps``
-DEFAULT_WARMUP_STEPS = 200
 
 VARIANCE_TEST = (
     "one-sided z-test on log(V_cur / V_base), delta-method SE sqrt(se_cur^2/V_cur^2 + se_base^2/V_base^2), "
@@ -96,33 +104,13 @@ VARIANCE_TEST = (
 )
 BIAS_TEST = (
     "per coordinate z = (mean g_i - exact grad_i) / (s_i / sqrt(R)) for unbiased estimators; "
-    "FAIL if |z| > Phi^-1(1 - alpha/(2m)); SE 0 with bias exactly 0 is skipped, SE 0 with bias != 0 fails"
+    "FAIL if max |z| > Phi^-1(1 - alpha/(2m)); SE 0 with bias exactly 0 is no test, "
+    "SE 0 with bias beyond rounding fails (z = inf)"
 )
 FAMILY = "Bonferroni: m = number of variance tests + number of bias coordinate tests in one comparison"
 
 
 # ---------------------------------------------------------------------------- the grid
-@dataclass(frozen=True)
-class CheckCell:
-    """One cell of the grid: ``estimator`` with ``K`` samples on ``dist`` at size ``n``."""
-
-    dist: str
-    n: int
-    estimator: str
-    K: int
-    options: tuple[tuple[str, object], ...] = ()
-    dtype: str = "float64"
-    #: constant added to every logit (the law and the gradient do not change)
-    shift: float = 0.0
-
-    @property
-    def name(self) -> str:
-        name = f"{self.dist}/n={self.n}/{self.estimator}/K={self.K}"
-        if self.dtype != "float64":
-            name += f"/{self.dtype}"
-        return name + (f"/shift={self.shift:+g}" if self.shift else "")
-
-
 @dataclass(frozen=True)
 class Variant:
     """Extra cells on the same instances in another dtype and/or with every logit shifted
@@ -144,12 +132,13 @@ DEFAULT_VARIANTS = (
     Variant("float32", 105.0, (3,), ("t-reinforce", "t-loo")),
     Variant("float32", -105.0, (3,), ("t-reinforce", "t-loo")),
 )
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
 class CheckGrid:
-    """Every ``dists`` x ``sizes`` x ``estimators`` at one K, R replicates each.
+    """Which variance cells the check compares: every ``dists`` x ``sizes`` x ``estimators``
+    at one K, R replicates each, plus the ``variants`` (those of their sizes and estimators
+    this grid also has). :meth:`variance_grids` gives them as :class:`VarianceGrid` s.
 
     ``dists`` defaults to every registered structure. ``estimator_options`` maps an
     estimator name to constructor options (none by default: the check tests the defaults).
@@ -174,33 +163,28 @@ class CheckGrid:
                 raise ValueError(f"CheckGrid: variant dtype must be one of {', '.join(DTYPES)}, got {variant.dtype!r}")
         object.__setattr__(self, "sizes", tuple(self.sizes))
         object.__setattr__(self, "estimators", tuple(self.estimators))
-        for name in self.dists:
-            distributions.get(name)  # ValueError listing the valid names
-        if not self.sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in self.sizes):
-            raise ValueError(f"CheckGrid: sizes must be ints >= 2, got {self.sizes!r}")
-        if not self.estimators:
-            raise ValueError("CheckGrid: estimators must name at least one estimator")
         if isinstance(self.K, bool) or not isinstance(self.K, int) or self.K < 1:
             raise ValueError(f"CheckGrid: K must be a positive int, got {self.K!r}")
-        if isinstance(self.replicates, bool) or not isinstance(self.replicates, int) or self.replicates < 2:
-            raise ValueError(f"CheckGrid: replicates must be an int >= 2, got {self.replicates!r}")
-        tasks.get(self.task)
+        self.variance_grids()  # every name and number validated by VarianceGrid
 
-    def cells(self) -> list[CheckCell]:
-        """Cells in instance order (all cells of one instance are adjacent); a variant keeps
-        only the sizes and estimators this grid also has."""
-        def options(name):
-            return tuple(sorted(self.estimator_options.get(name, {}).items()))
+    def variance_grids(self, seeds: Sequence[int] = (DEFAULT_SEED,), instance_seed: int | None = None) -> list[VarianceGrid]:
+        """The main float64 grid, then one per variant, all on the instances of
+        ``instance_seed`` (default: the first seed)."""
+        seeds = tuple(seeds)
+        common = dict(dists=self.dists, samples=(self.K,), devices=("cpu",), seeds=seeds, task=self.task,
+                      replicates=self.replicates, estimator_options=self.estimator_options,
+                      instance_seed=seeds[0] if instance_seed is None else instance_seed)
+        grids = [VarianceGrid(sizes=self.sizes, estimators=self.estimators, dtype="float64", **common)]
+        for v in self.variants:
+            sizes = tuple(n for n in self.sizes if n in v.sizes)
+            names = tuple(name for name in self.estimators if name in v.estimators)
+            if sizes and names:
+                grids.append(VarianceGrid(sizes=sizes, estimators=names, dtype=v.dtype, logit_shift=v.shift, **common))
+        return grids
 
-        cells = []
-        for dist in self.dists:
-            for n in self.sizes:
-                cells += [CheckCell(dist, n, name, self.K, options(name)) for name in self.estimators]
-                for v in self.variants:
-                    if n in v.sizes:
-                        cells += [CheckCell(dist, n, name, self.K, options(name), v.dtype, v.shift)
-                                  for name in v.estimators if name in self.estimators]
-        return cells
+    def cells(self) -> list[CellSpec]:
+        """The cells (``.name``: ``dist/n=N/estimator/K=K[/dtype][/shift=S]``) in run order."""
+        return [CellSpec.of(grid, cell) for grid in self.variance_grids() for cell in grid.cells()]
 
     def as_dict(self) -> dict:
         return {
@@ -218,10 +202,15 @@ class CheckGrid:
 
 
 # ---------------------------------------------------------------------------- one cell
+#: variance row status -> check status
+_STATUS = {"ok": "ok", "biased": "ok", "skipped": "skipped", "failed": "error"}
+
+
 @dataclass
 class CellResult:
-    """What a cell records. ``status``: ``ok``, ``skipped`` (unsupported, with ``reason``) or
-    ``error`` (the computation raised or returned non-finite values; ``reason`` says how)."""
+    """What a cell records, read from its variance row. ``status``: ``ok``, ``skipped``
+    (unsupported, with ``reason``) or ``error`` (the computation raised or returned
+    non-finite values; ``reason`` says how)."""
 
     status: str
     reason: str = ""
@@ -229,23 +218,36 @@ class CellResult:
     replicates: int = 0
     variance: float = math.nan
     variance_se: float = math.nan
-    #: bias z per coordinate (not saved; None for coordinates with SE 0 and bias exactly 0)
-    bias_z: list | None = None
+    #: max |bias z| over the tested coordinates (inf with a coordinate fixed off the exact gradient)
     max_abs_bias_z: float = math.nan
     bias_tests: int = 0
     seconds: float = 0.0
 
+    @classmethod
+    def from_row(cls, row: dict) -> "CellResult":
+        """The check's view of a variance row (``total_var``, ``total_var_se``, ``bias_z``,
+        ``num_tests``, ``num_fixed_biased``)."""
+        status = _STATUS[row["status"]]
+        result = cls(status, str(row.get("reason") or ""), bool(row["unbiased"]),
+                     seconds=float(row.get("cell_s", 0.0) or 0.0))
+        if status == "ok":
+            fixed = int(row["num_fixed_biased"])
+            result.replicates = int(row["replicates"])
+            result.variance = float(row["total_var"])
+            result.variance_se = float(row["total_var_se"])
+            result.max_abs_bias_z = math.inf if fixed else float(row["bias_z"])
+            result.bias_tests = int(row["num_tests"]) + fixed
+        return result
+
     def to_json(self) -> dict:
-        out = {key: value for key, value in asdict(self).items() if key != "bias_z"}
-        return {key: _json_float(value) for key, value in out.items()}
+        return {key: _json_float(value) for key, value in asdict(self).items()}
 
     @classmethod
     def from_json(cls, data: dict, where: str = "cell") -> "CellResult":
         """A saved cell; ValueError naming ``where`` and the field for an invalid value."""
         if not isinstance(data, dict):
             raise ValueError(f"{where}: must be an object, got {type(data).__name__}")
-        known = {key for key in cls.__dataclass_fields__ if key != "bias_z"}
-        result = cls(**{key: _from_json_float(value) for key, value in data.items() if key in known})
+        result = cls(**{key: _from_json_float(value) for key, value in data.items()})
         if result.status not in STATUSES:
             raise ValueError(f"{where}: status must be one of {', '.join(STATUSES)}, got {result.status!r}")
         for key, kind in (("reason", str), ("unbiased", bool)):
@@ -278,111 +280,6 @@ def _from_json_float(value):
     return float(value) if value in ("nan", "inf", "-inf") else value
 
 
-def describe_error(error: BaseException) -> str:
-    """One line: the exception's type, where it was raised and its message."""
-    frames = traceback.extract_tb(error.__traceback__)
-    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
-    return f"{type(error).__name__}{where}: {error}"
-
-
-def default_estimator_factory(cell: CheckCell) -> Estimator:
-    return estimators.get(cell.estimator, num_samples=cell.K, **dict(cell.options))
-
-
-def replicate_statistics(draws: torch.Tensor, exact: torch.Tensor) -> dict:
-    """V, se(V) and the per-coordinate bias z of R replicates ``draws`` [R, ...] against
-    the exact gradient (module docstring), folded in by chunks as :func:`_measure` draws them."""
-    summary = ReplicateSummary(deviation_moments=True)
-    start = 0
-    for size in chunk_sizes(draws.shape[0], draws[0].numel()):
-        summary.add(draws[start:start + size])
-        start += size
-    return summary_statistics(summary, exact)
-
-
-def summary_statistics(summary: ReplicateSummary, exact: torch.Tensor) -> dict:
-    """:func:`replicate_statistics` from a chunk-combined summary (with deviation moments)."""
-    r = summary.count
-    grad = exact.reshape(-1).to("cpu", torch.float64)
-    mean = summary.replicate_mean
-    sum_d, sum_dd = summary.deviation_sums()  # D_r = ||g_r - mean||^2
-    variance = sum_d / (r - 1)
-    variance_se = math.sqrt(max(sum_dd - sum_d**2 / r, 0.0) / (r - 1)) / math.sqrt(r) * r / (r - 1)
-    se = summary.variance.sqrt() / math.sqrt(r)
-    delta = mean - grad
-    z = torch.where(se > 0, delta / torch.where(se > 0, se, torch.ones_like(se)), delta.sign() * math.inf)
-    tested = (se > 0) | (delta != 0)
-    bias_z = [float(value) if keep else None for value, keep in zip(z.tolist(), tested.tolist())]
-    tested_z = [abs(value) for value in bias_z if value is not None]
-    return {
-        "variance": variance,
-        "variance_se": variance_se,
-        "bias_z": bias_z,
-        "max_abs_bias_z": max(tested_z) if tested_z else 0.0,
-        "bias_tests": len(tested_z),
-    }
-
-
-def _warm_up(estimator, dist, objective, gen) -> None:
-    """Train a critic before measuring, as the variance harness does."""
-    if callable(getattr(estimator, "warm_up", None)):
-        estimator.warm_up(dist, objective, generator=gen)
-    elif callable(getattr(estimator, "train_critic", None)):
-        steps = getattr(estimator, "warmup_steps", DEFAULT_WARMUP_STEPS)
-        estimator.train_critic(dist, objective, steps=steps, generator=gen)
-
-
-def _measure(
-    cell: CheckCell, grid: CheckGrid, dist, objective, exact, instance_seed: int, seeds: Sequence[int], factory
-) -> list[CellResult]:
-    """One result per seed; the estimator is built and warmed up once (from the instance
-    seed), then R estimates are drawn from each seed's own stream."""
-    start = time.perf_counter()
-    unbiased = True
-    try:
-        estimator = factory(cell)
-        unbiased = bool(getattr(estimator, "unbiased", unbiased))
-        reason = estimator.supports(dist, objective)
-        if reason is not None:
-            return [CellResult("skipped", reason, unbiased) for _ in seeds]
-        warm_seed = derive_seed(instance_seed, "check", cell.name, "warmup")
-        # Components that draw from the global generator are seeded per cell too, without
-        # disturbing the caller's global stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(warm_seed)
-            _warm_up(estimator, dist, objective, generator(warm_seed))
-            warm_seconds = time.perf_counter() - start
-            results = []
-            for seed in seeds:
-                begin = time.perf_counter()
-                sample_seed = derive_seed(seed, "check", cell.name, "samples")
-                torch.manual_seed(sample_seed)
-                summary = ReplicateSummary(deviation_moments=True)
-                draw = lambda size: estimator.estimate(dist, objective, num_replicates=size,  # noqa: E731
-                                                       generator=sample_gen)
-                sample_gen = generator(sample_seed)
-                for draws in draw_chunks(draw, grid.replicates, dist.logits.numel(), between=check_stop):
-                    expected = (draws.shape[0] if isinstance(draws, torch.Tensor) else -1, *dist.logits.shape)
-                    if not isinstance(draws, torch.Tensor) or tuple(draws.shape) != expected:
-                        got = tuple(draws.shape) if isinstance(draws, torch.Tensor) else type(draws).__name__
-                        raise ValueError(f"estimate returned shape {got}, expected (chunk, *{tuple(dist.logits.shape)})")
-                    if not bool(torch.isfinite(draws).all()):
-                        raise FloatingPointError("estimate returned NaN or inf")
-                    summary.add(draws.detach())
-                if summary.count != grid.replicates:
-                    raise ValueError(f"estimate returned {summary.count} replicates, expected {grid.replicates}")
-                stats = summary_statistics(summary, exact)
-                seconds = time.perf_counter() - begin + warm_seconds
-                results.append(CellResult("ok", "", unbiased, grid.replicates, seconds=seconds, **stats))
-            return results
-    except Interrupted:
-        raise
-    except NotImplementedError as error:
-        return [CellResult("skipped", str(error), unbiased) for _ in seeds]
-    except Exception as error:  # recorded and named, never lost
-        return [CellResult("error", describe_error(error), unbiased) for _ in seeds]
-
-
 # ---------------------------------------------------------------------------- a run
 @dataclass
 class CheckRun:
@@ -394,6 +291,8 @@ class CheckRun:
     settings: dict
     cells: dict[str, CellResult]
     metadata: dict = field(default_factory=dict)
+    #: the variance rows the cells were read from (a fresh run only; not saved)
+    rows: list = field(default_factory=list, repr=False)
 
     @property
     def seed(self) -> int:
@@ -435,6 +334,9 @@ class CheckRun:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"baseline {path} is not valid JSON: {error}") from error
+        if isinstance(data, dict) and data.get("format") in OLD_FORMATS:
+            raise ValueError(f"baseline {path} has the former format {data['format']!r}, whose cells this version "
+                             "no longer computes; regenerate it with `rgbench check --update`")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"baseline {path} has format {found!r}, expected {FORMAT!r}")
@@ -452,7 +354,7 @@ class CheckRun:
         for name, value in raw.items():
             try:
                 cells[name] = CellResult.from_json(value, f"baseline {path}: cell {name}")
-            except TypeError as error:  # an unknown field name
+            except TypeError as error:  # an unknown or missing field name
                 raise ValueError(f"baseline {path}: cell {name}: {error}") from None
         try:
             own = CheckGrid(**{"variants": (), **{key: settings[key] for key in
@@ -467,114 +369,52 @@ class CheckRun:
         return cls(settings, cells, data.get("made_by", {}))
 
 
-def make_metadata(grid: CheckGrid, seed: int, instance_seed: int, command: str | None) -> dict:
-    return {
-        "command": command if command is not None else " ".join(sys.argv),
-        "rgbench_version": rgbench.__version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": seed,
-        "instance_seed": instance_seed,
-        "replicates": grid.replicates,
-        "K": grid.K,
-        "false_alarm_rate": FALSE_ALARM_RATE,
-    }
-
 
 def run_check(
     grid: CheckGrid,
     seeds: int | Sequence[int] = DEFAULT_SEED,
     *,
     instance_seed: int | None = None,
-    estimator_factory: Callable[[CheckCell], Estimator] = default_estimator_factory,
+    estimator_factory: Callable[[CellSpec], object] = default_estimator_factory,
     progress: bool = False,
     command: str | None = None,
+    executor: Executor | None = None,
 ) -> CheckRun | list[CheckRun]:
-    """Compute every cell of ``grid``.
+    """Compute every cell of ``grid``: its variance grids through the cell runner
+    (``variance.variance_rows``, the exact gradient verified by finite differences), each
+    row read as a :class:`CellResult`.
 
     Args:
-        seeds: the seed of the estimates; a list gives one run per seed, sharing the
-            instances, exact gradients and warmed-up estimators (for false-alarm studies).
+        seeds: the seed of the estimates; a list gives one run per seed, on the same
+            instances, exact gradients and critic warm-ups (for false-alarm studies).
         instance_seed: the seed of the instances and critic warm-ups (default: the first
             seed). Comparisons must use the baseline's.
-        estimator_factory: builds the estimator of a cell (tests substitute a regressed one).
-    Returns one :class:`CheckRun` for an int ``seeds``, else a list of them.
+        estimator_factory: builds the estimator of a cell from its
+            :class:`~rgbench.bench.cells.CellSpec` (tests substitute a regressed one).
+    Returns one :class:`CheckRun` for an int ``seeds``, else a list of them; each keeps
+    the variance rows it was read from (``rows``, not saved).
     """
     seed_list = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("run_check: seeds must name at least one seed")
     instance_seed = seed_list[0] if instance_seed is None else instance_seed
-    per_seed: list[dict[str, CellResult]] = [{} for _ in seed_list]
-    current, dist, objective, exact, instance_error = None, None, None, None, None
-    cells = grid.cells()
-    for cell in tqdm(cells, desc="check", unit="cell", disable=not progress, leave=False):
-        if (cell.dist, cell.n) != current:
-            current = (cell.dist, cell.n)
-            dist, objective, exact, instance_error = _instance(grid, cell, instance_seed)
-        if instance_error is not None:
-            results = [CellResult("error", instance_error) for _ in seed_list]
-        else:
-            # Same instance in the cell's dtype, every logit shifted: the law is unchanged, so the
-            # float64 unshifted exact gradient stays the reference.
-            shifted = dist if (cell.dtype, cell.shift) == ("float64", 0.0) else dist.with_logits(
-                (dist.logits + cell.shift).to(DTYPES[cell.dtype]))
-            results = _measure(cell, grid, shifted, objective, exact, instance_seed, seed_list, estimator_factory)
-        for store, result in zip(per_seed, results):
-            store[cell.name] = result
-    runs = [
-        CheckRun({"seed": seed, "instance_seed": instance_seed, **grid.as_dict()}, store,
-                 make_metadata(grid, seed, instance_seed, command))
-        for seed, store in zip(seed_list, per_seed)
-    ]
+    per_seed: dict[int, list[tuple[str, dict]]] = {seed: [] for seed in seed_list}
+    for variance_grid in grid.variance_grids(seed_list, instance_seed):
+        rows = variance_rows(variance_grid, progress=progress, executor=executor, factory=estimator_factory,
+                             verify_reference=True, desc="check")
+        for cell, row in zip(variance_grid.cells(), rows):
+            per_seed[cell.seed].append((CellSpec.of(variance_grid, cell).name, row))
+    runs = []
+    for seed in seed_list:
+        cells = {}
+        for name, row in per_seed[seed]:
+            cells[name] = CellResult.from_row(row)
+        metadata = make_metadata("variance", grid.as_dict(), "cpu", seed, command)
+        metadata.update(kind="check", instance_seed=instance_seed, replicates=grid.replicates, K=grid.K,
+                        false_alarm_rate=FALSE_ALARM_RATE)
+        runs.append(CheckRun({"seed": seed, "instance_seed": instance_seed, **grid.as_dict()}, cells, metadata,
+                             rows=[row for _, row in per_seed[seed]]))
     return runs[0] if isinstance(seeds, int) else runs
-
-
-def _instance(grid: CheckGrid, cell: CheckCell, instance_seed: int):
-    """(dist, objective, exact gradient, None) or (..., error message) for a failed setup."""
-    try:
-        gen = generator(derive_seed(instance_seed, "check", cell.dist, cell.n, grid.task, "instance"))
-        dist = tasks.make_instance(cell.dist, cell.n, generator=gen, dtype=torch.float64, device="cpu")
-        objective = tasks.get(grid.task).build(dist, gen)
-        _, exact = estimators.exact_gradient(dist, objective)
-        finite_difference_check(dist, objective, exact)
-        return dist, objective, exact, None
-    except Exception as error:
-        return None, None, None, f"the instance or its exact gradient failed: {describe_error(error)}"
-
-
-def finite_difference_check(dist, objective, exact: torch.Tensor, step: float = 1e-5, tol: float = 1e-6) -> None:
-    """ValueError unless the exact gradient (autograd through the trace log-probability)
-    matches central differences (E(theta + h e_i) - E(theta - h e_i)) / 2h of the exact
-    expectation, which needs only forward values: a wrong backward pass (the issue-12 CLE
-    clamp) would otherwise bias the reference and every estimator alike. In float64 with
-    h = 1e-5 the difference's error is O(h^2 E''') + O(eps / h), about 1e-10 here; ``tol``
-    is relative to max(1, max |grad|)."""
-    logits = dist.logits.detach()
-    fd = torch.zeros_like(logits).reshape(-1)
-    usable = dist.support_mask.reshape(-1)
-    # Symmetric logits (undirected graphs) read only the upper triangle, but must stay
-    # symmetric: move the mirrored entry too.
-    mirror = logits.dim() == 2 and logits.shape[0] == logits.shape[1] and bool((logits == logits.T).all())
-    for i in usable.nonzero().squeeze(-1).tolist():
-        values = []
-        for sign in (1.0, -1.0):
-            moved = logits.clone().reshape(-1)
-            moved[i] += sign * step
-            if mirror:
-                row, col = divmod(i, logits.shape[1])
-                moved[col * logits.shape[1] + row] = moved[i]
-            moved_dist = dist.with_logits(moved.reshape(logits.shape))
-            with torch.no_grad():
-                values.append(float(estimators.exact_expectation(moved_dist, objective)))
-        fd[i] = (values[0] - values[1]) / (2 * step)
-    error = (fd.reshape(logits.shape) - exact.detach()).abs()
-    if not float(error.max()) <= tol * max(1.0, float(exact.abs().max())):
-        worst = int(error.reshape(-1).argmax())
-        raise ValueError(f"the exact gradient disagrees with central finite differences of E[L] at flat coordinate "
-                         f"{worst}: {float(exact.reshape(-1)[worst]):.6g} vs {float(fd[worst]):.6g}")
 
 
 # ---------------------------------------------------------------------------- comparison
@@ -629,10 +469,6 @@ def variance_z(current: CellResult, base: CellResult) -> float:
     if se == 0:
         return 0.0 if log_ratio == 0 else math.copysign(math.inf, log_ratio)
     return log_ratio / se
-
-
-def _bias_failures(result: CellResult, threshold: float) -> int:
-    return sum(1 for z in result.bias_z or () if z is not None and not abs(z) <= threshold)
 
 
 def compare(baseline: CheckRun, current: CheckRun, alpha: float = FALSE_ALARM_RATE, *, subset: bool = False) -> Comparison:
@@ -697,10 +533,9 @@ def compare(baseline: CheckRun, current: CheckRun, alpha: float = FALSE_ALARM_RA
                 problems.append(f"measured, but the baseline records it {base.status} ({base.reason or 'no reason'}) "
                                 "and has no variance to compare; regenerate it with --update")
             if tests_bias(name):
-                failures = _bias_failures(result, bias_threshold)
-                if failures:
-                    problems.append(f"biased: {failures} of {result.bias_tests} coordinates, "
-                                    f"max |z|={result.max_abs_bias_z:.2f}")
+                if result.bias_tests and not result.max_abs_bias_z <= bias_threshold:
+                    problems.append(f"biased: max |z|={result.max_abs_bias_z:.2f} over {result.bias_tests} "
+                                    "coordinates")
             if base is None:
                 row.note = "; ".join(["not in the baseline (bias tested only)"] + problems)
                 row.verdict = "FAIL" if problems else "NEW"
@@ -789,7 +624,7 @@ def format_table(comparison: Comparison) -> str:
 __all__ = [
     "BIAS_TEST",
     "CellResult",
-    "CheckCell",
+    "Variant",
     "CheckGrid",
     "CheckRun",
     "Comparison",
@@ -801,8 +636,8 @@ __all__ = [
     "lacking_cells",
     "default_baseline_path",
     "default_estimator_factory",
+    "finite_difference_check",
     "format_table",
-    "replicate_statistics",
     "run_check",
     "self_check",
     "variance_z",

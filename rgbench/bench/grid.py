@@ -20,6 +20,9 @@ from rgbench.bench import tasks
 
 #: what a newcomer's ``rgbench variance --dist NAME`` compares
 DEFAULT_ESTIMATORS = ("e-reinforce", "t-reinforce", "e-loo", "t-loo", "relax", "sst")
+#: what ``rgbench check`` measures by default (every family, x-reinforce included, so its
+#: regressions are caught too; the variance command leaves it out as a newcomer's default)
+CHECK_ESTIMATORS = ("e-reinforce", "t-reinforce", "x-reinforce", "e-loo", "t-loo", "relax", "sst")
 #: sizes small enough for every structure to be enumerated quickly (exact bias)
 DEFAULT_SIZES = (3, 4, 5)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -71,6 +74,10 @@ class VarianceGrid:
 
     ``sizes=None`` uses :data:`DEFAULT_SIZES`. ``estimator_options`` maps an estimator name
     to extra constructor options (e.g. ``{"relax": {"warmup_steps": 100}}``).
+    ``logit_shift`` is added to every logit (the law and the gradient are shift-invariant:
+    a test of numerical range). ``instance_seed``, when set, seeds the instances, references
+    and critic warm-ups in place of each cell's seed, so every seed faces the same instances
+    (``rgbench check``); ``None`` (the default) derives them from the cell's seed.
     """
 
     dists: tuple[str, ...]
@@ -84,6 +91,8 @@ class VarianceGrid:
     level: float = 0.95
     dtype: str = "float64"
     logit_scale: float = 1.0
+    logit_shift: float = 0.0
+    instance_seed: int | None = None
     timing_repeats: int = 11
     bootstrap_resamples: int = 1000
     reference_samples: int = 1000
@@ -107,6 +116,12 @@ class VarianceGrid:
             raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (isinstance(self.logit_scale, (int, float)) and math.isfinite(self.logit_scale) and self.logit_scale > 0):
             raise ValueError(f"logit_scale: must be a finite positive number, got {self.logit_scale!r}")
+        if isinstance(self.logit_shift, bool) or not (isinstance(self.logit_shift, (int, float))
+                                                      and math.isfinite(self.logit_shift)):
+            raise ValueError(f"logit_shift: must be a finite number, got {self.logit_shift!r}")
+        self.logit_shift = float(self.logit_shift)
+        if self.instance_seed is not None:
+            _check_number("instance_seed", self.instance_seed, 0)
         if not (isinstance(self.level, float) and 0.5 <= self.level < 1):
             raise ValueError(f"level: the confidence level must be a float in [0.5, 1), got {self.level!r}")
         options = {}

@@ -57,9 +57,11 @@ VARIANCE_SCHEMA: dict[str, str] = {
     "bias_lo": "float",
     "bias_hi": "float",
     "bias_z": "float",
+    "num_fixed_biased": "Int64",
     "bias_flag_lo": "float",
     "bias_flag_hi": "float",
     "total_var": "float",
+    "total_var_se": "float",
     "total_var_lo": "float",
     "total_var_hi": "float",
     "coord_var": "float",
@@ -82,6 +84,7 @@ VARIANCE_SCHEMA: dict[str, str] = {
     "peak_memory_mb": "float",
     "warmup_s": "float",
     "reference_s": "float",
+    "cell_s": "float",
 }
 
 #: columns that depend on the clock (or the allocator) and so differ between identical runs
@@ -97,6 +100,7 @@ VARIANCE_TIMING_COLUMNS = (
     "peak_memory_mb",
     "warmup_s",
     "reference_s",
+    "cell_s",
 )
 
 SPEED_SCHEMA: dict[str, str] = {

@@ -31,7 +31,7 @@ from rgbench.bench.progress import CellStore
 from rgbench.bench.results import SPEED_SCHEMA, Results, make_metadata
 from rgbench.bench.store import Interrupted, check_stop
 from rgbench.bench.seeds import derive_seed, generator
-from rgbench.bench.variance import describe_error
+from rgbench.bench.cells import describe_error
 
 BUILDING_BLOCKS = ("sample", "trace_log_prob", "noise_given_trace")
 

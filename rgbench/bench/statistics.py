@@ -27,7 +27,13 @@ s_i^2 the unbiased per-coordinate sample variance:
   ``rgbench check`` does), independent of ``level`` so a sweep of c unbiased cells raises a
   false flag with probability <= c x 1e-3. Flagged when the box excludes 0, i.e. some
   |delta_i| > z_flag sqrt(s_i^2 / R + (s^ref_i)^2) + rounding (+ the degenerate term).
-  bias_z = max_i |delta_i| / sqrt(s_i^2 / R + (s^ref_i)^2) over the coordinates that vary.
+  bias_z = max_i |delta_i| / sqrt(s_i^2 / R + (s^ref_i)^2) over the num_tests coordinates
+  that vary. num_fixed_biased counts the coordinates that do not vary (every replicate agrees,
+  exact reference) yet differ from the reference by more than the rounding and degenerate
+  allowances at the flag's rate: a bias no z-test sees (its z is infinite).
+* total_var_se: the CLT standard error of V, se(V) = sd_r(D_r) / sqrt(R) * R / (R - 1) with
+  D_r = ||g_r - g_bar||^2 (V = mean_r D_r * R / (R - 1)), from the summary's deviation
+  moments (kept for d <= :data:`SE_MAX_COORDS`: they cost O(d^2) memory; NaN beyond).
 * total variance V = sum_i s_i^2 (trace of the covariance); mean per-coordinate variance
   V / d_free. Interval: percentile bootstrap over replicates, stratified by the chunks the
   replicates are drawn in (``rgbench.bench.streaming``).
@@ -58,6 +64,9 @@ from rgbench.bench.streaming import ReplicateSummary, chunk_sizes
 
 #: per-cell false-alarm rate of the "biased" flag (Bonferroni over the coordinates)
 FLAG_FALSE_ALARM_RATE = 1e-3
+#: the most coordinates for which the deviation moments of ``total_var_se`` are kept
+#: (O(d^2) memory: 128 MiB at the limit)
+SE_MAX_COORDS = 4096
 
 METHODS = {
     "bias": "analytic: Bonferroni box of per-coordinate normal intervals (z-test) plus 64 ulps "
@@ -65,6 +74,7 @@ METHODS = {
     "bias_flag": "bias box at per-cell false-alarm rate 1e-3 (Bonferroni over coordinates); "
     "an unbiased estimator whose box excludes 0 is flagged biased",
     "total_var": "percentile bootstrap over replicates",
+    "total_var_se": "CLT standard error sd_r(||g_r - mean g||^2) / sqrt(R) * R/(R-1)",
     "coord_var": "percentile bootstrap over replicates (total_var / num_free_coords)",
     "snr": "percentile bootstrap over replicates",
     "cosine": "analytic: normal interval of the mean over replicates",
@@ -132,7 +142,8 @@ def gradient_statistics(
     Returns a dict with ``bias``, ``total_var``, ``coord_var``, ``snr``, ``cosine``, each
     with ``_lo`` / ``_hi`` (intervals at ``level``), plus ``total_var_lo_split`` /
     ``total_var_hi_split`` (at 1 - (1 - level) / 2, for the work-normalised interval),
-    ``num_tests`` (m), ``bias_z``, ``bias_flag_lo`` / ``bias_flag_hi`` (the box at
+    ``total_var_se`` (NaN unless the summary kept deviation moments), ``num_tests`` (m),
+    ``bias_z``, ``num_fixed_biased``, ``bias_flag_lo`` / ``bias_flag_hi`` (the box at
     ``flag_alpha``) and ``bias_flagged`` (that box excludes 0).
     """
     r = estimates.shape[0]
@@ -143,7 +154,8 @@ def gradient_statistics(
         raise ValueError(
             f"gradient_statistics: reference has {reference.numel()} coordinates, estimates have {numel}"
         )
-    summary = summarise(estimates, reference, resamples=resamples, generator=generator)
+    summary = summarise(estimates, reference, resamples=resamples, generator=generator,
+                        deviation_moments=numel <= SE_MAX_COORDS)
     return summary_statistics(summary, reference, reference_se, num_free_coords, level=level, eps=eps,
                               objective_scale=objective_scale, flag_alpha=flag_alpha)
 
@@ -187,6 +199,13 @@ def summary_statistics(
     flag_lo, flag_hi = box(flag_alpha)
     z = delta.abs()[varies] / spread[varies]
     bias_z = float(z.max()) if m else 0.0
+    fixed_allowance = rounding + math.log(1 / flag_alpha) / r * objective_scale
+    num_fixed_biased = int(((~varies) & (delta.abs() > fixed_allowance)).sum())
+    if summary.deviation_moments:
+        sum_d, sum_dd = summary.deviation_sums()  # D_r = ||g_r - mean||^2
+        total_se = math.sqrt(max(sum_dd - sum_d**2 / r, 0.0) / (r - 1)) / math.sqrt(r) * r / (r - 1)
+    else:
+        total_se = float("nan")
 
     total = var.sum()
     boot_total, boot_norm = summary.bootstrap()
@@ -207,6 +226,7 @@ def summary_statistics(
         "bias_lo": float(bias_lo),
         "bias_hi": float(bias_hi),
         "total_var": float(total),
+        "total_var_se": total_se,
         "total_var_lo": lo,
         "total_var_hi": hi,
         "total_var_lo_split": lo_split,
@@ -222,6 +242,7 @@ def summary_statistics(
         "cosine_hi": cos_hi,
         "num_tests": m,
         "bias_z": bias_z,
+        "num_fixed_biased": num_fixed_biased,
         "bias_flag_lo": float(flag_lo),
         "bias_flag_hi": float(flag_hi),
         "bias_flagged": bool(flag_lo > 0),

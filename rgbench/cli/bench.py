@@ -234,6 +234,9 @@ def variance(
     device: Annotated[Device, typer.Option(help="Device to run on.")] = Device.cpu,
     dtype: Annotated[DType, typer.Option(help="Floating-point type of the logits.")] = DType.float64,
     scale: Annotated[float, typer.Option(help="Logits ~ Normal(0, scale^2) (symmetric for kruskal).")] = 1.0,
+    logit_shift: Annotated[float, typer.Option(
+        help="Constant added to every logit: the same law, a test of numerical range; an exact "
+             "reference is then the float64 gradient of the unshifted logits.")] = 0.0,
     timing_repeats: Annotated[int, typer.Option(min=1, help="Timed single estimates per cell.")] = 11,
     reference_samples: Annotated[int, typer.Option(
         min=2, help="K of the t-loo reference used above the enumeration limit.")] = 1000,
@@ -273,7 +276,7 @@ def variance(
             dists=(dist,), sizes=size_values, estimators=_names(estimators_, DEFAULT_ESTIMATORS),
             samples=sample_values, devices=(device.value,), seeds=(seed,), task=task.value, replicates=replicates,
             level=level,
-            dtype=dtype.value, logit_scale=scale, timing_repeats=timing_repeats,
+            dtype=dtype.value, logit_scale=scale, logit_shift=logit_shift, timing_repeats=timing_repeats,
             reference_samples=reference_samples, estimator_options=options,
         )
     except ValueError as error:

@@ -18,7 +18,9 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from rgbench.cli.options import fail, parse_ints, parse_names
+from rgbench import distributions
+from rgbench import estimators as estimator_registry
+from rgbench.cli.options import fail, parse_ints, parse_registered
 
 from rgbench.bench import check as checks
 from rgbench.bench import store
@@ -47,11 +49,11 @@ def check(
         min=0, help="Seed of the estimates. Default: the baseline's (reproduces it exactly); another seed "
                     "compares a fresh independent sample. With --update: the new baseline's seed (default 0).")] = None,
     dists: Annotated[Optional[str], typer.Option(
-        help="Comma-separated structures (default: every registered one). For quick local runs; CI uses defaults.")] = None,
+        help="Comma-separated structures, or all (the default). A subset run compares only its cells.")] = None,
     sizes: Annotated[Optional[str], typer.Option(
         help=f"Comma-separated sizes n (default {','.join(map(str, checks.DEFAULT_SIZES))}).")] = None,
     estimators: Annotated[Optional[str], typer.Option(
-        help=f"Comma-separated estimators (default {','.join(checks.DEFAULT_ESTIMATORS)}).")] = None,
+        help="Comma-separated estimators, or all. Default: e-/t-/x-reinforce, e-/t-loo, relax, sst.")] = None,
     replicates: Annotated[Optional[int], typer.Option(
         min=2, help=f"Independent estimates per cell, R (default {checks.DEFAULT_REPLICATES}).")] = None,
     threads: Annotated[int, typer.Option(
@@ -60,9 +62,10 @@ def check(
 ):
     """Check that no estimator's variance rose and no unbiased estimator became biased.
 
-    Recomputes a fixed grid (every structure at n=3,4 x e-/t-/x-reinforce, e-/t-loo, relax, sst,
-    K=4, R=10000, CPU, float64, fixed seeds; plus t-reinforce and t-loo at n=3 in float32, plain
-    and with every logit shifted by +-105) and compares it with the packaged baseline: a
+    Recomputes the variance cells of a fixed grid, exactly as `rgbench variance` computes
+    them (every structure at n=3,4 x e-/t-/x-reinforce, e-/t-loo, relax, sst, K=4, R=10000,
+    CPU, float64, fixed seeds; plus t-reinforce and t-loo at n=3 in float32, plain and with
+    every logit shifted by +-105) and compares them with the packaged baseline: a
     one-sided z-test on log(V_cur / V_base) per cell, a z-test of every coordinate of each
     unbiased estimator's mean against the exact gradient (itself checked against finite
     differences), Bonferroni over all tests at a family-wise false-alarm rate of 1e-3. Exit 1
@@ -77,8 +80,9 @@ def check(
     # A subset run compares only its own cells; the full run needs every baseline cell.
     subset = any(value is not None for value in (dists, sizes, estimators))
     size_values = None if sizes is None else parse_ints(sizes, "--sizes")
-    dist_names = None if dists is None else parse_names(dists)
-    estimator_names = None if estimators is None else parse_names(estimators)
+    dist_names = None if dists is None else parse_registered(dists, distributions.DISTRIBUTIONS, "--dists")
+    estimator_names = None if estimators is None else parse_registered(
+        estimators, estimator_registry.ESTIMATORS, "--estimators", allowed=None)
     try:
         grid = checks.CheckGrid(**{key: value for key, value in (
             ("dists", dist_names), ("sizes", size_values), ("estimators", estimator_names),

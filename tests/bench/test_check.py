@@ -20,6 +20,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import typer
@@ -31,18 +32,21 @@ from rgbench.bench import tasks
 from rgbench.cli.check import register
 from rgbench.estimators.loo import TLeaveOneOut
 from rgbench.bench import check as checks
+from rgbench.bench.cells import CellSpec
 from rgbench.bench.check import (
     CellResult,
-    CheckCell,
     CheckGrid,
     CheckRun,
     compare,
     default_estimator_factory,
     format_table,
-    replicate_statistics,
     run_check,
     variance_z,
 )
+from rgbench.bench.executor import LocalExecutor
+from rgbench.bench.results import VARIANCE_SCHEMA, VARIANCE_TIMING_COLUMNS, apply_schema
+from rgbench.bench.statistics import gradient_statistics
+from rgbench.bench.variance import run_variance
 
 GRID = CheckGrid(dists=("topk", "kruskal"), sizes=(4,), estimators=("t-reinforce", "e-loo", "t-loo", "sst"),
                  replicates=1000)
@@ -86,7 +90,7 @@ class Perturbed:
 def _only(target: str, transform):
     """A factory that perturbs the cell named ``target`` and builds the others unchanged."""
 
-    def factory(cell: CheckCell):
+    def factory(cell: CellSpec):
         estimator = default_estimator_factory(cell)
         return Perturbed(estimator, transform) if cell.name == target else estimator
 
@@ -98,7 +102,7 @@ def doubling_noise(base_variance: float):
     total variance V_base + V_base."""
 
     def transform(draws, dist, objective, generator):
-        usable = dist._usable.to(draws.dtype)
+        usable = dist.support_mask.to(draws.dtype)
         sigma = math.sqrt(base_variance / float(usable.sum()))
         noise = torch.randn(draws.shape, generator=generator, dtype=draws.dtype, device=draws.device)
         return draws + sigma * noise * usable
@@ -166,7 +170,7 @@ def test_a_flipped_score_sign_fails_the_bias_test_naming_the_cell(baseline):
     target = "kruskal/n=4/t-reinforce/K=4"
     comparison = compare(baseline, _fresh(_only(target, flipped_sign)))
     row = _row(comparison, target)
-    assert row.verdict == "FAIL" and "biased: 1 of" in row.note, row.note
+    assert row.verdict == "FAIL" and "biased: max |z|=" in row.note, row.note
     assert row.max_abs_bias_z > comparison.bias_threshold
     assert "variance rose" not in row.note  # negating a coordinate keeps the variance
     assert [r.name for r in comparison.failed] == [target]
@@ -244,30 +248,37 @@ def test_a_newly_skipped_cell_fails_and_a_new_cell_is_reported(baseline):
 
 
 # ---------------------------------------------------------------------------- statistics
-def test_replicate_statistics_match_numpy():
+def test_the_row_statistics_the_check_reads_match_numpy():
     rng = np.random.default_rng(3)
     draws = rng.standard_t(df=8, size=(500, 2, 3))
     exact = np.array([[0.1, -0.2, 0.0], [0.3, 0.0, 0.05]])
-    got = replicate_statistics(torch.from_numpy(draws), torch.from_numpy(exact))
+    got = gradient_statistics(torch.from_numpy(draws), torch.from_numpy(exact), resamples=10,
+                              generator=torch.Generator().manual_seed(0))
     flat = draws.reshape(500, -1)
     squared = ((flat - flat.mean(0)) ** 2).sum(1)
-    assert got["variance"] == pytest.approx(flat.var(0, ddof=1).sum(), rel=1e-12)
-    assert got["variance_se"] == pytest.approx(squared.std(ddof=1) / math.sqrt(500) * 500 / 499, rel=1e-12)
+    assert got["total_var"] == pytest.approx(flat.var(0, ddof=1).sum(), rel=1e-12)
+    assert got["total_var_se"] == pytest.approx(squared.std(ddof=1) / math.sqrt(500) * 500 / 499, rel=1e-12)
     z = (flat.mean(0) - exact.reshape(-1)) / (flat.std(0, ddof=1) / math.sqrt(500))
-    np.testing.assert_allclose(got["bias_z"], z, rtol=1e-10)
-    assert got["bias_tests"] == 6 and got["max_abs_bias_z"] == pytest.approx(np.abs(z).max(), rel=1e-10)
+    assert got["num_tests"] == 6 and got["num_fixed_biased"] == 0
+    assert got["bias_z"] == pytest.approx(np.abs(z).max(), rel=1e-10)
+
+
+def _check_row(stats: dict, replicates: int) -> dict:
+    return {"status": "ok", "reason": "", "unbiased": True, "replicates": replicates, **stats}
 
 
 def test_zero_se_coordinates_are_skipped_when_exact_and_fail_otherwise():
     draws = torch.zeros(10, 3, dtype=torch.float64)
     draws[:, 0] = torch.linspace(-1, 1, 10, dtype=torch.float64)
     draws[:, 2] = 0.5  # constant, but the exact gradient is 0: a deterministic bias
-    got = replicate_statistics(draws, torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64))
-    assert got["bias_z"][1] is None and got["bias_z"][2] == math.inf
-    assert got["bias_tests"] == 2 and got["max_abs_bias_z"] == math.inf
-    run = lambda r: CheckRun({"seed": 0, "instance_seed": 0}, {"c": CellResult("ok", **r, replicates=10)})  # noqa: E731
-    comparison = compare(run(got), run(got))
-    assert comparison.failed[0].name == "c" and "biased: 1 of 2" in comparison.failed[0].note
+    got = gradient_statistics(draws, torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64), resamples=10,
+                              generator=torch.Generator().manual_seed(0))
+    assert got["num_tests"] == 1 and got["num_fixed_biased"] == 1  # coordinate 1: no test
+    result = CellResult.from_row(_check_row(got, 10))
+    assert result.bias_tests == 2 and result.max_abs_bias_z == math.inf
+    run = lambda r: CheckRun({"seed": 0, "instance_seed": 0}, {"c": r})  # noqa: E731
+    comparison = compare(run(result), run(result))
+    assert comparison.failed[0].name == "c" and "biased: max |z|=inf over 2" in comparison.failed[0].note
 
 
 def test_variance_z_is_the_delta_method_log_ratio():
@@ -517,9 +528,47 @@ def test_user_errors_exit_cleanly(tmp_path):
     missing = runner.invoke(app, ["check", "--baseline", str(tmp_path / "none.json")])
     assert missing.exit_code == 1 and "--update" in missing.stderr and "Traceback" not in missing.output
     unknown = runner.invoke(app, ["check", "--update", "--baseline", str(tmp_path / "x.json"), "--dists", "nosuch"])
-    assert unknown.exit_code == 1 and "nosuch" in unknown.stderr
+    assert unknown.exit_code == 2 and "nosuch" in unknown.stderr  # a usage error, as for every --dists
     bad = runner.invoke(app, ["check", "--sizes", "three"])
     assert bad.exit_code == 2
+
+
+def test_the_check_has_no_pipeline_of_its_own():
+    """The check's rows for a tiny grid are the rows `rgbench variance` computes for the same
+    VarianceGrids (every non-timing column), and its cells are read from them."""
+    grid = CheckGrid(dists=("topk",), sizes=(3,), estimators=("t-loo", "sst"), replicates=200)
+    run = run_check(grid, 2, instance_seed=1)
+    variance_grids = grid.variance_grids([2], 1)
+    assert [g.dtype for g in variance_grids] == ["float64", "float32", "float32", "float32"]
+    assert [g.logit_shift for g in variance_grids] == [0.0, 0.0, 105.0, -105.0]
+    expected = apply_schema(pd.concat([run_variance(g).frame for g in variance_grids], ignore_index=True),
+                            VARIANCE_SCHEMA)
+    got = apply_schema(pd.DataFrame(run.rows), VARIANCE_SCHEMA)
+    columns = [c for c in VARIANCE_SCHEMA if c not in VARIANCE_TIMING_COLUMNS and c in expected.columns]
+    pd.testing.assert_frame_equal(got[columns], expected[columns])
+    for name, row in zip(run.cells, run.rows):
+        assert run.cells[name] == CellResult.from_row(row) and run.cells[name].variance == row["total_var"]
+
+
+def test_the_local_executor_keeps_the_order_and_is_lazy():
+    seen = []
+
+    def square(x):
+        seen.append(x)
+        return x * x
+
+    results = LocalExecutor().map(square, [3, 1, 2])
+    assert seen == []  # nothing runs before the caller asks
+    assert next(results) == 9 and seen == [3]
+    assert list(results) == [1, 4] and seen == [3, 1, 2]
+
+
+def test_a_former_format_baseline_says_to_regenerate(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "rgbench-variance-check/1", "cells": {}}))
+    with pytest.raises(ValueError, match="regenerate it with `rgbench check --update`") as info:
+        CheckRun.load(path)
+    assert "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------- the full grid (slow)

@@ -486,3 +486,16 @@ def test_the_flag_rate_is_per_cell_bonferroni_over_coordinates():
     assert s["bias_lo"] > 0 and s["bias_flag_lo"] == 0 and not s["bias_flagged"]
     g[:, 0] += 0.5 / math.sqrt(r)  # z = 4.0 > 3.81
     assert gradient_statistics(g, torch.zeros(3, dtype=torch.float64), resamples=10)["bias_flagged"]
+
+
+def test_a_float32_shifted_run_uses_the_float64_unshifted_exact_reference():
+    """--dtype float32 --logit-shift 105: the same instance (float64 draw, shifted, cast),
+    the same law, so the reference is the float64 exact gradient of the unshifted logits."""
+    plain = run_variance(_grid(estimators=("t-loo",))).frame.iloc[0]
+    shifted = run_variance(_grid(estimators=("t-loo",), dtype="float32", logit_shift=105.0)).frame.iloc[0]
+    assert shifted["status"] == "ok" and shifted["dtype"] == "float32"
+    assert shifted["reference"] == "exact"
+    assert shifted["reference_norm"] == plain["reference_norm"]
+    assert shifted["objective_mean"] == plain["objective_mean"]
+    with pytest.raises(ValueError, match="logit_shift"):
+        _grid(logit_shift=float("inf"))

@@ -27,7 +27,6 @@ from rgbench.cli.options import parse_ints
 from rgbench.bench import VarianceGrid, run_variance, store, streaming
 from rgbench.bench.results import TIMING_COLUMNS, Results
 from rgbench.reports import render
-from rgbench.bench.check import replicate_statistics
 from rgbench.bench.statistics import gradient_statistics
 from rgbench.bench.streaming import ReplicateSummary, chunk_sizes
 
@@ -123,12 +122,12 @@ def test_gradient_statistics_on_one_chunk_match_the_one_shot_formulas():
 def test_check_statistics_do_not_depend_on_the_chunking():
     g = _draws(20000, 3, seed=2)  # 3 chunks of the check's drawing
     exact = torch.tensor([0.25, 3.0, 3.0], dtype=torch.float64)
-    got = replicate_statistics(g, exact)
+    got = gradient_statistics(g, exact, resamples=10, generator=torch.Generator().manual_seed(0))
     deviations = (g - g.mean(0)).square().sum(1)
     r = g.shape[0]
-    assert got["variance"] == pytest.approx(float(deviations.mean()) * r / (r - 1), rel=1e-11)
-    assert got["variance_se"] == pytest.approx(float(deviations.std()) / math.sqrt(r) * r / (r - 1), rel=1e-8)
-    assert got["bias_z"][0] is None and got["bias_tests"] == 2
+    assert got["total_var"] == pytest.approx(float(deviations.mean()) * r / (r - 1), rel=1e-11)
+    assert got["total_var_se"] == pytest.approx(float(deviations.std()) / math.sqrt(r) * r / (r - 1), rel=1e-8)
+    assert got["num_tests"] == 2 and got["num_fixed_biased"] == 0  # the constant coordinate is no test
 
 
 def test_draw_chunks_checks_for_a_stop_before_each_chunk():
@@ -209,9 +208,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(uninterrupted, tmp_path
 def test_sigint_stops_after_the_cell_and_resume_completes(uninterrupted, tmp_path, monkeypatch):
     """The signal arrives during the first cell (sent by the test itself, so no timing is
     involved): that cell is saved, the run stops, and --resume finishes it identically."""
-    from rgbench.bench import variance
+    from rgbench.bench import cells
 
-    measure = variance.measure_cell
+    measure = cells.measure_cell
 
     def measure_then_signal(*args, **kwargs):
         row = measure(*args, **kwargs)
@@ -219,14 +218,14 @@ def test_sigint_stops_after_the_cell_and_resume_completes(uninterrupted, tmp_pat
         return row
 
     out = tmp_path / "stopped"
-    monkeypatch.setattr(variance, "measure_cell", measure_then_signal)
+    monkeypatch.setattr(cells, "measure_cell", measure_then_signal)
     result = _invoke("variance", *TINY, "--out", out)
     assert result.exit_code == 130, result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"Interrupted (SIGINT): 1 of 4 cells saved in {out}; continue with: rgbench variance")
     assert line.endswith("--no-figures") and "--resume" in line and f"--out {out}" in line
     assert not (out / "variance.csv").exists()
-    monkeypatch.setattr(variance, "measure_cell", measure)
+    monkeypatch.setattr(cells, "measure_cell", measure)
     assert _invoke("variance", *TINY, "--out", out, "--resume").exit_code == 0
     pd.testing.assert_frame_equal(_non_timing(out), _non_timing(uninterrupted))
 

@@ -28,7 +28,7 @@ def _row(estimator, n, var, **overrides):
         dist="cle", n=n, task="quadratic", estimator=estimator, K=4, device="cpu", dtype="float64", seed=0,
         cell_seed=1, status="ok", reason="", unbiased=True, replicates=100, level=0.95, reference="exact",
         reference_samples=0, reference_norm=1.0, objective_mean=2.0, num_coords=n * n, num_free_coords=n * n - n,
-        num_tests=3, bias=0.1, bias_lo=0.0, bias_hi=0.3, total_var=var, total_var_lo=0.9 * var,
+        num_tests=3, num_fixed_biased=0, bias=0.1, bias_lo=0.0, bias_hi=0.3, total_var=var, total_var_lo=0.9 * var,
         total_var_hi=1.1 * var, coord_var=var / 4, coord_var_lo=0.2 * var, coord_var_hi=0.3 * var, snr=1.0,
         snr_lo=0.9, snr_hi=1.1, cosine=0.5, cosine_lo=0.4, cosine_hi=0.6, time_median_s=0.002, time_q25_s=0.0019,
         time_q75_s=0.0021, time_lo_s=0.0018, time_hi_s=0.0022, work_var=var * 0.002, work_var_lo=var * 0.0015,
