@@ -1,4 +1,4 @@
-"""Rooted arborescences by Chu-Liu-Edmonds on exponential noise (DESIGN §3-4).
+"""Rooted arborescences by Chu-Liu-Edmonds on exponential noise (docs/design.md §2.5).
 
 The minimum arborescence of E under reduced costs is a recursion of Exponential-Min draws:
 
@@ -18,7 +18,7 @@ Expansion: walk the draws backwards; a draw owned by S with edge u -> w sets par
 unless a later (enclosing) draw already landed inside S. A super-node's entering edge is
 its parent cycle's entering edge when that lands inside it, else its own draw's edge.
 
-The authors' C++ version (DESIGN §7) reads a set's minimum while updating the same matrix
+The authors' C++ version (docs/design.md §7) reads a set's minimum while updating the same matrix
 and groups vertices by their direct parent; here minima are taken before any update and
 super-nodes are tracked by label (their smallest node), so the result is always minimal.
 """
@@ -704,7 +704,7 @@ class Arborescence(StructuredDistribution):
         return terms.sum(1).reshape(draws.lead)
 
     def noise_given_trace(self, trace, generator=None):
-        """One draw of E | T (DESIGN §3.2), reparameterised in the logits, in the frame of
+        """One draw of E | T (docs/design.md §3.2), reparameterised in the logits, in the frame of
         :meth:`sample_noise` (Z_d and lambda relative to :attr:`noise_shift`).
 
         Draw d adds s_d ~ Exp(Z_d) to each of its candidates, so an edge (i, j) collects

@@ -1,6 +1,6 @@
 """Shared machinery of the perturbed-algorithm distributions.
 
-Convention (DESIGN §2): ``logits`` are log-rates. Utilities E_i ~ Exp(lambda_i) with
+Convention (docs/design.md §1): ``logits`` are log-rates. Utilities E_i ~ Exp(lambda_i) with
 lambda = exp(logits); the algorithm only takes argmins of E, so P(argmin = i) =
 softmax(logits)_i and a higher logit is picked earlier. Positions a structure cannot use
 (``-inf`` logits, the diagonal of a graph, edges into a root) carry E = +inf.
@@ -431,7 +431,7 @@ class StructuredDistribution(Distribution):
 
     @property
     def mode(self) -> torch.Tensor:
-        """The noise-free solution: the max-weight structure under the logits (DESIGN §2).
+        """The noise-free solution: the max-weight structure under the logits (docs/design.md §1).
 
         Not always the most probable X; it is what the algorithm returns on E = -logits.
         """
@@ -489,7 +489,7 @@ class StructuredDistribution(Distribution):
         return total
 
     def noise_given_trace(self, trace: Trace, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One draw of E | T (DESIGN §3.2), reparameterised in the logits, in the frame of
+        """One draw of E | T (docs/design.md §3.2), reparameterised in the logits, in the frame of
         :meth:`sample_noise` (rates lambda_j = exp(logits_j - s)).
 
         Walking the draws, each adds d ~ Exp(sum_{j in P} lambda_j) to every candidate j in

@@ -1,7 +1,7 @@
 """Greedy bipartite matchings: repeatedly match the (row, column) pair with the smallest E.
 
 This is *not* the min-cost (Hungarian) assignment, which has no stochastic invariant
-(DESIGN §4); the greedy law is therefore not Gumbel-Sinkhorn's.
+(docs/design.md §2.3); the greedy law is therefore not Gumbel-Sinkhorn's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Differentiable relaxations of structured argmaxes (the structures' ``relax``; SST, DESIGN §5).
+"""Differentiable relaxations of structured argmaxes (the structures' ``relax``; SST, docs/design.md §4.4).
 
 Each function maps scores (perturbed logits divided by a temperature) to the *marginals* of a
 Gibbs distribution over the structure, p(X) ∝ exp(<scores, X>): the regularised argmax of the
@@ -7,7 +7,7 @@ float32/float64 on any device, and are differentiable to any order with exact de
 a loss of the relaxed sample can be backpropagated to the logits: by plain autograd, except
 for top-k's log-cumsum-exp, whose derivatives are written in closed form (torch's own double
 backward returns NaN). None uses finite differences (SST's public top-k backward does,
-DESIGN §7).
+docs/design.md §7).
 
 Encodings (``...`` = any batch dimensions):
 

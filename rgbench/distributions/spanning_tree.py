@@ -4,7 +4,7 @@ Every edge {i, j} of an undirected graph gets E_ij ~ Exp(exp(logits_ij)). Kruska
 algorithm scans the edges by increasing E and keeps each edge that joins two different
 components; the tree is the minimum spanning tree of E, i.e. the maximum spanning tree of
 the Gumbel-perturbed logits. Each step is an Exponential-Min draw over the edges that still
-cross components (DESIGN §4), so a trace T = (t_1, ..., t_{n-1}) has
+cross components (docs/design.md §2.4), so a trace T = (t_1, ..., t_{n-1}) has
 
     log P(T) = sum_s [logits_{t_s} - logsumexp_{e crossing before step s} logits_e].
 
@@ -275,7 +275,7 @@ def _range_max(gap: torch.Tensor, position: torch.Tensor, n: int) -> torch.Tenso
 class SpanningTree(StructuredDistribution):
     """Random spanning trees of an undirected graph: Kruskal on E_ij ~ Exp(exp(logits_ij)).
 
-    The tree is the maximum spanning tree of the Gumbel-perturbed logits (DESIGN §2).
+    The tree is the maximum spanning tree of the Gumbel-perturbed logits (docs/design.md §1).
 
     Args:
         logits: ``[..., n, n]`` symmetric edge log-rates; the diagonal is ignored and

@@ -1,4 +1,4 @@
-"""The exact objective and gradient by enumerating execution traces (DESIGN §3.3).
+"""The exact objective and gradient by enumerating execution traces (docs/design.md §3.3).
 
     E[L(X)] = sum_T P(T) L(X(T)),   grad = sum_T P(T) L(X(T)) grad log P(T),
 

@@ -1,4 +1,4 @@
-"""REINFORCE with the score of the noise, of the trace or of the sample (DESIGN §5).
+"""REINFORCE with the score of the noise, of the trace or of the sample (docs/design.md §4.1).
 
     g = (1/K) sum_k L(X_k) grad log p_k,     X_k i.i.d. ~ dist,
 
