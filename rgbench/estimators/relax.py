@@ -1,4 +1,4 @@
-"""RELAX (Grathwohl et al. 2018) with the conditional noise E | T of DESIGN §3.2.
+"""RELAX (Grathwohl et al. 2018) with the conditional noise E | T of docs/design.md §3.2.
 
 For one sample, with E ~ p(E) reparameterised in the logits, T = T(E), X = X(T), and
 Ẽ ~ p(E | T) reparameterised in the logits (``noise_given_trace``):

@@ -1,4 +1,4 @@
-"""The three score functions of the REINFORCE family (DESIGN §5).
+"""The three score functions of the REINFORCE family (docs/design.md §4.1).
 
 Each maps (dist, sample) to a log-probability of shape ``sample_shape + batch_shape`` whose
 gradient w.r.t. the logits is the score:

@@ -569,7 +569,7 @@ def test_sst_relaxation_tends_to_the_hard_sample(name):
 
 def test_sst_matching_tends_to_the_max_weight_assignment():
     """Gumbel-Sinkhorn's hard limit is the max-weight assignment of G (scipy oracle), which
-    the greedy matching need not equal (DESIGN §4)."""
+    the greedy matching need not equal (docs/design.md §2.3)."""
     dist = make("matching", 5)
     noise = separated_noise(dist, seed=91)
     scores = perturbed_logits(dist, noise, fill=-torch.inf)
