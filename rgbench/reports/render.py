@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 from rgbench.bench import store
 from rgbench.bench.progress import incomplete_reason
-from rgbench.bench.results import Results, saved_kinds
+from rgbench.bench.results import FORMAT, Results, saved_kinds
 from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
 from rgbench.reports.tables import build_tables, latex, markdown, timing_note
 
@@ -33,7 +33,8 @@ class Rendered(NamedTuple):
     warnings: list[str]
 
 
-def _metadata_lines(metadata: dict) -> list[str]:
+def _metadata_lines(results: Results) -> list[str]:
+    metadata = results.metadata
     fields = [
         ("command", f"`{metadata.get('command', '')}`"),
         ("date (UTC)", metadata.get("date")),
@@ -42,6 +43,12 @@ def _metadata_lines(metadata: dict) -> list[str]:
         ("device", f"{metadata.get('device')} ({metadata.get('device_name')}), {metadata.get('threads')} threads"),
         ("seed", metadata.get("seed")),
     ]
+    if results.format != FORMAT:
+        fields.append(("results format", f"{results.format} (read by a {FORMAT} reader)"))
+    if results.missing_columns:
+        fields.append(("columns not in the saved files (shown as missing)", ", ".join(results.missing_columns)))
+    if results.extra_columns:
+        fields.append(("columns this rgbench does not know (kept, not shown)", ", ".join(results.extra_columns)))
     return [f"- {name}: {value}" for name, value in fields]
 
 
@@ -69,7 +76,7 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
         paths += [md_path, tex_path, *figure_paths]
         warnings += kind_warnings
 
-        report += [f"# rgbench {kind} results", ""] + _metadata_lines(results.metadata) + [""]
+        report += [f"# rgbench {kind} results", ""] + _metadata_lines(results) + [""]
         for note in results.metadata.get("notes", []):
             report.append(f"> Note: {note}")
         if kind_warnings:
