@@ -193,3 +193,30 @@ def test_render_speed_results(tmp_path):
     assert (tmp_path / "figures" / "speed.pdf").is_file()
     assert any(path.name == "speed_tables.tex" for path in rendered.paths)
     assert list(pd.read_csv(tmp_path / "speed.csv").columns) == list(SPEED_SCHEMA)
+
+
+def test_one_legend_lists_every_panel_level():
+    from rgbench.reports.figures import VARIANCE_FIGURES, _draw
+
+    rows = [_row(name, n, 1.0 + n, dist=dist) for dist, names in (("cle", ("t-reinforce", "relax")),
+                                                                   ("topk", ("sst",)))
+            for name in names for n in (3, 4)]
+    rows += [_row("sst", n, 2.0, dist="topk", K=8) for n in (3, 4)]
+    figure = _draw(VARIANCE_FIGURES[0], pd.DataFrame(rows), "estimator", "title")
+    legends = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and legends[0].axes is figure.axes[-1]  # beside the last panel only
+    labels = [text.get_text() for text in legends[0].get_texts()]
+    assert labels == ["t-reinforce", "relax", "sst", "K", "4", "8"]  # cle's levels too, then the K markers
+
+
+def test_log_x_ticks_are_the_sizes():
+    from rgbench.reports.figures import SPEED_FIGURES, _draw
+
+    rows = [dict(dist="topk", n=n, batch=4, operation="sample", K=4, task="quadratic", device="cpu",
+                 dtype="float32", seed=0, status="ok", reason="", repeats=3, time_median_s=1e-3 * n,
+                 time_lo_s=0.9e-3 * n, time_hi_s=1.1e-3 * n) for n in (5, 10, 20, 50)]
+    figure = _draw(SPEED_FIGURES[0], pd.DataFrame(rows), "operation", "title")
+    ax = figure.axes[0]
+    figure.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "10", "20", "50"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
