@@ -22,7 +22,6 @@ from typing import NamedTuple
 from rgbench.bench import store
 from rgbench.bench.progress import incomplete_reason
 from rgbench.bench.results import FORMAT, Results, saved_kinds
-from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
 from rgbench.reports.tables import build_tables, latex, markdown, timing_note
 
 PREFIX = {"variance": "", "speed": "speed_"}
@@ -55,6 +54,9 @@ def _metadata_lines(results: Results) -> list[str]:
 def render(out_dir: str | Path, figures: bool = True) -> Rendered:
     """Write the tables, figures (unless ``figures=False``) and report of the results saved
     in ``out_dir``."""
+    # seaborn and matplotlib load slowly: only rendering pays for them, not importing
+    from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
+
     out = Path(out_dir)
     reason = incomplete_reason(out)
     if reason is not None:
