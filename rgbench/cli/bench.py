@@ -1,6 +1,7 @@
 """The ``rgbench`` command line: variance and speed benchmarks, reports and listings.
 
     rgbench variance --dist kruskal            # bias, variance, cost of each estimator
+    rgbench variance --dists topk,kruskal      # several structures (or all) in one run
     rgbench speed --dist cle --sizes 10,50     # wall-clock of the building blocks
     rgbench report rgbench-results/variance-kruskal
     rgbench list
@@ -10,15 +11,16 @@
 
 User errors (an unknown name, a device that is not there) exit with code 1 and one line on
 stderr, never a traceback; malformed option values are ``typer.BadParameter`` (code 2).
+Options shared with the other command modules (names or ``all``, devices, the output root,
+the help width) are in :mod:`rgbench.cli.options`; the console tables in
+:mod:`rgbench.reports.console`.
 """
 
 from __future__ import annotations
 
 import ast
 import math
-import shutil
 import signal
-import sys
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -26,36 +28,45 @@ from typing import Annotated, Iterator, Optional
 
 import torch
 import typer
-from rich.console import Console
-from rich.markup import escape
+import typer.rich_utils
 from rich.table import Table
 
 from rgbench import distributions, estimators
 from rgbench.bench import tasks
 from rgbench.cli import check as check_cli
 from rgbench.cli import train as training_cli
-from rgbench.cli.options import command_line, fail, parse_ints, parse_names
-from rgbench.bench import DEFAULT_ESTIMATORS, DEFAULT_SIZES, SpeedGrid, VarianceGrid, run_speed, run_variance
+from rgbench.cli.options import (
+    CONTEXT_SETTINGS,
+    DEFAULT_OUT_ROOT,
+    command_line,
+    fail,
+    help_width,
+    parse_ints,
+    parse_names,
+    parse_registered,
+)
+from rgbench.bench import DEFAULT_ESTIMATORS, SpeedGrid, VarianceGrid, run_speed, run_variance
 from rgbench.bench import store
 from rgbench.bench.progress import CellStore
-from rgbench.bench.results import MEASURED
 from rgbench.bench.speed import speed_total
-from rgbench.reports.format import bracketed, number, with_interval
+from rgbench.reports.console import console, speed_table, variance_table
+
+# Help at 100 columns in a pipe too (rich would take 80 there), never wider than the terminal.
+typer.rich_utils.MAX_WIDTH = help_width()
 
 app = typer.Typer(
     help="Benchmark gradient estimators for structured discrete variables (recursive Gumbel-Max trick).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT_SETTINGS,
 )
 
-DEFAULT_OUT = Path("rgbench-results")
 MAX_PRINTED_WARNINGS = 5
-
-
-class Device(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
+SPEED_ESTIMATORS = ("t-reinforce", "t-loo", "sst")
+DISTS_HELP = ("Comma-separated structures, or all: " + ", ".join(distributions.names())
+              + " (or an alias). --dist is the same option.")
+DEVICE_HELP = "Device to run on: cpu, cuda or cuda:N."
 
 
 class DType(str, Enum):
@@ -67,8 +78,18 @@ TaskName = Enum("TaskName", {name: name for name in tasks.names()}, type=str)
 
 
 # ---------------------------------------------------------------------------- helpers
-def _names(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    return default if value is None else parse_names(value)
+def _registered(value: str | None, registry, option: str, default=None) -> tuple[str, ...]:
+    """Names or ``all`` (``options.parse_registered``); an unknown name is left to the
+    grid, whose one-line error (exit 1) says which kind of name it is and lists the valid ones."""
+    try:
+        return parse_registered(value, registry, option, default=default)
+    except typer.BadParameter:
+        return parse_names(value or "")
+
+
+def _default_out(kind: str, value: str, dists: tuple[str, ...]) -> Path:
+    """``rgbench-results/<kind>-<dist>[-<dist>...]``, or ``<kind>-all`` for ``--dists all``."""
+    return DEFAULT_OUT_ROOT / f"{kind}-{'all' if value.strip() == 'all' else '-'.join(dists)}"
 
 
 def _estimator_options(values: list[str]) -> dict[str, dict]:
@@ -138,7 +159,7 @@ def _finish(results, out: Path, quiet: bool, figures: bool, table) -> None:
     try:
         results.save(out)
         if not quiet:
-            _console().print(table(results.frame))
+            console().print(table(results.frame))
         store.check_stop()
         _report(out, quiet, figures)
     except store.OutputError as error:
@@ -150,13 +171,8 @@ def _check_scale(scale: float) -> None:
         fail(f"--scale must be a finite positive number, got {scale}")
 
 
-def _console() -> Console:
-    wide = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
-    return Console(width=wide, soft_wrap=False)
-
-
 def _report(out: Path, quiet: bool, figures: bool = True) -> None:
-    from rgbench.reports import render  # seaborn and matplotlib load slowly; only commands that draw pay
+    from rgbench.reports import render  # seaborn and matplotlib load when it draws, not at start
 
     rendered = render(out, figures=figures)
     for warning in rendered.warnings[:MAX_PRINTED_WARNINGS]:
@@ -176,62 +192,24 @@ def _check_failures(frame, out: Path, what: str) -> None:
               f"{first['reason']}); results saved in {out}")
 
 
-def _add_row(table: Table, *cells: str) -> None:
-    table.add_row(*(escape(str(cell)) for cell in cells))  # brackets in values are not markup
-
-
-def _variance_table(frame) -> Table:
-    pct = "/".join(f"{100 * level:g}%" for level in sorted(frame["level"].unique()))
-    table = Table(title=f"rgbench variance ({pct} intervals)", header_style="bold")
-    for column in ("dist", "n", "estimator", "K", "bias [interval]", "variance", "cosine", "ms / estimate",
-                   "var × s", "status"):
-        table.add_column(escape(column), justify="left" if column in ("dist", "estimator", "status") else "right")
-    for _, row in frame.iterrows():
-        ok = row["status"] in MEASURED
-        _add_row(
-            table, row["dist"], str(row["n"]), row["estimator"], str(row["K"]),
-            bracketed(row["bias"], row["bias_lo"], row["bias_hi"]) if ok else "",
-            with_interval(row["total_var"], row["total_var_lo"], row["total_var_hi"]) if ok else "",
-            with_interval(row["cosine"], row["cosine_lo"], row["cosine_hi"]) if ok else "",
-            with_interval(row["time_median_s"] * 1e3, row["time_lo_s"] * 1e3, row["time_hi_s"] * 1e3) if ok else "",
-            with_interval(row["work_var"], row["work_var_lo"], row["work_var_hi"]) if ok else "",
-            "ok" if row["status"] == "ok" else f"{row['status']}: {row['reason']}",
-        )
-    return table
-
-
-def _speed_table(frame) -> Table:
-    table = Table(title="rgbench speed (median, 95% interval)", header_style="bold")
-    for column in ("dist", "n", "batch", "operation", "ms / call", "µs / instance", "status"):
-        table.add_column(column, justify="left" if column in ("dist", "operation", "status") else "right")
-    for _, row in frame.iterrows():
-        ok = row["status"] == "ok"
-        _add_row(
-            table, row["dist"], str(row["n"]), str(row["batch"]), row["operation"],
-            with_interval(row["time_median_s"] * 1e3, row["time_lo_s"] * 1e3, row["time_hi_s"] * 1e3) if ok else "",
-            number(row["per_instance_us"]) if ok else "",
-            "ok" if ok else f"{row['status']}: {row['reason']}",
-        )
-    return table
-
-
 # ---------------------------------------------------------------------------- commands
 @app.command()
 def variance(
     ctx: typer.Context,
-    dist: Annotated[str, typer.Option(help="Structure: " + ", ".join(distributions.names()) + " (or an alias).")],
+    dists: Annotated[str, typer.Option("--dists", "--dist", help=DISTS_HELP)],
     sizes: Annotated[Optional[str], typer.Option(
         help="Comma-separated sizes n. Default 3,4,5 (exact bias by enumeration); sizes above the "
              "structure's enumeration limit use a t-loo Monte Carlo reference.")] = None,
     estimators_: Annotated[Optional[str], typer.Option(
-        "--estimators", help="Comma-separated estimator names. Default: " + ",".join(DEFAULT_ESTIMATORS) + ".")] = None,
+        "--estimators", help="Comma-separated estimator names, or all. Default: " + ", ".join(DEFAULT_ESTIMATORS)
+                             + ".")] = None,
     task: Annotated[TaskName, typer.Option(help="Objective (see `rgbench list`).")] = "quadratic",
     samples: Annotated[str, typer.Option(
         help="K, objective evaluations per estimate; comma-separated for several.")] = "4",
     replicates: Annotated[int, typer.Option(min=2, help="Independent estimates per cell (R).")] = 1000,
     level: Annotated[float, typer.Option(min=0.5, max=0.999999, help="Confidence level of every interval.")] = 0.95,
     seed: Annotated[int, typer.Option(min=0, help="Seed; every cell derives its own from it.")] = 0,
-    device: Annotated[Device, typer.Option(help="Device to run on.")] = Device.cpu,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     dtype: Annotated[DType, typer.Option(help="Floating-point type of the logits.")] = DType.float64,
     scale: Annotated[float, typer.Option(help="Logits ~ Normal(0, scale^2) (symmetric for kruskal).")] = 1.0,
     logit_shift: Annotated[float, typer.Option(
@@ -243,7 +221,8 @@ def variance(
     option: Annotated[list[str], typer.Option(
         help="Estimator option NAME.KEY=VALUE, repeatable (e.g. relax.warmup_steps=100, sst.temperature=0.5).")] = [],
     out: Annotated[Optional[Path], typer.Option(
-        help="Output directory. Default rgbench-results/variance-DIST.")] = None,
+        help="Output directory. Default: variance-DIST under rgbench-results/ (variance-DIST1-DIST2 for "
+             "several, variance-all for all).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the interrupted run in --out: keep its saved cells, compute the rest "
                          "(refused if its options differ).")] = False,
@@ -256,7 +235,7 @@ def variance(
         help="Draw the figures (PNG and PDF); --no-figures is faster, `rgbench report` draws them later.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; for scripts.")] = False,
 ):
-    """Measure bias, variance, SNR, cosine and cost of gradient estimators on one structure.
+    """Measure bias, variance, SNR, cosine and cost of gradient estimators on structures.
 
     For each size and estimator: R independent estimates of the gradient of E[L(X)] on seeded
     random logits, compared with the exact gradient (or a Monte Carlo reference); writes
@@ -268,43 +247,48 @@ def variance(
     computed, and --resume continues with the same numbers as an uninterrupted run.
     """
     _check_scale(scale)
+    dist_names = _registered(dists, distributions.DISTRIBUTIONS, "--dists")
     size_values = None if sizes is None else parse_ints(sizes, "--sizes")
     sample_values = parse_ints(samples, "--samples")
     options = _estimator_options(option)
     try:
         grid = VarianceGrid(
-            dists=(dist,), sizes=size_values, estimators=_names(estimators_, DEFAULT_ESTIMATORS),
-            samples=sample_values, devices=(device.value,), seeds=(seed,), task=task.value, replicates=replicates,
+            dists=dist_names, sizes=size_values,
+            estimators=_registered(estimators_, estimators.ESTIMATORS, "--estimators", DEFAULT_ESTIMATORS),
+            samples=sample_values, devices=(device,), seeds=(seed,), task=task.value, replicates=replicates,
             level=level,
             dtype=dtype.value, logit_scale=scale, logit_shift=logit_shift, timing_repeats=timing_repeats,
             reference_samples=reference_samples, estimator_options=options,
         )
     except ValueError as error:
         fail(str(error))
-    out = out if out is not None else DEFAULT_OUT / f"variance-{grid.dists[0]}"
+    out = out if out is not None else _default_out("variance", dists, grid.dists)
     saved = _open_run(ctx, "variance", out, {**grid.as_dict(), "threads": threads}, len(grid), "cell", resume, force)
     for note in grid.fallback_notes():
         typer.echo(f"Note: {note}", err=True)
     _execute(ctx, lambda command: run_variance(grid, progress=not quiet, command=command, saved=saved),
-             saved, out, threads, quiet, figures, _variance_table, "cell(s)")
+             saved, out, threads, quiet, figures, variance_table, "cell(s)")
 
 
 @app.command()
 def speed(
     ctx: typer.Context,
-    dist: Annotated[str, typer.Option(help="Structure: " + ", ".join(distributions.names()) + " (or an alias).")],
+    dists: Annotated[str, typer.Option("--dists", "--dist", help=DISTS_HELP)],
     sizes: Annotated[str, typer.Option(help="Comma-separated sizes n.")] = "10,50",
     batch: Annotated[int, typer.Option(min=1, help="Independent instances per call.")] = 128,
     estimators_: Annotated[Optional[str], typer.Option(
-        "--estimators", help="Comma-separated estimators to time (default t-reinforce,t-loo,sst).")] = None,
+        "--estimators", help="Comma-separated estimators to time, or all. Default: "
+                             + ", ".join(SPEED_ESTIMATORS) + ".")] = None,
     task: Annotated[TaskName, typer.Option(help="Objective the estimators use.")] = "quadratic",
     samples: Annotated[int, typer.Option(min=1, help="K, samples per estimate.")] = 4,
     repeats: Annotated[int, typer.Option(min=1, help="Timed calls per operation.")] = 11,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the logits and the noise.")] = 0,
-    device: Annotated[Device, typer.Option(help="Device to run on.")] = Device.cpu,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     dtype: Annotated[DType, typer.Option(help="Floating-point type of the logits.")] = DType.float32,
     option: Annotated[list[str], typer.Option(help="Estimator option NAME.KEY=VALUE, repeatable.")] = [],
-    out: Annotated[Optional[Path], typer.Option(help="Output directory. Default rgbench-results/speed-DIST.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output directory. Default: speed-DIST under rgbench-results/ (speed-DIST1-DIST2 for several, "
+             "speed-all for all).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the interrupted run in --out: keep its saved operations, compute the rest "
                          "(refused if its options differ).")] = False,
@@ -324,22 +308,23 @@ def speed(
     a figure and report.md to --out. --out, --resume and --force as for `rgbench variance`;
     each timed operation is saved at once in OUT/progress/.
     """
+    dist_names = _registered(dists, distributions.DISTRIBUTIONS, "--dists")
     size_values = parse_ints(sizes, "--sizes")
     options = _estimator_options(option)
     try:
         grid = SpeedGrid(
-            dists=(dist,), sizes=size_values, batch=batch,
-            estimators=_names(estimators_, ("t-reinforce", "t-loo", "sst")), samples=samples,
-            devices=(device.value,), seed=seed, task=task.value, dtype=dtype.value, repeats=repeats,
+            dists=dist_names, sizes=size_values, batch=batch,
+            estimators=_registered(estimators_, estimators.ESTIMATORS, "--estimators", SPEED_ESTIMATORS),
+            samples=samples, devices=(device,), seed=seed, task=task.value, dtype=dtype.value, repeats=repeats,
             estimator_options=options,
         )
     except ValueError as error:
         fail(str(error))
-    out = out if out is not None else DEFAULT_OUT / f"speed-{grid.dists[0]}"
+    out = out if out is not None else _default_out("speed", dists, grid.dists)
     saved = _open_run(ctx, "speed", out, {**grid.as_dict(), "threads": threads}, speed_total(grid), "operation",
                       resume, force)
     _execute(ctx, lambda command: run_speed(grid, progress=not quiet, command=command, saved=saved),
-             saved, out, threads, quiet, figures, _speed_table, "operation(s)")
+             saved, out, threads, quiet, figures, speed_table, "operation(s)")
 
 
 @app.command()
@@ -386,7 +371,7 @@ def list_(
         help="Show the support matrix for this task only (default: every task).")] = None,
 ):
     """List structures, estimators, tasks, and which combinations are supported."""
-    console = _console()
+    out = console()
     aliases: dict[str, list[str]] = {}
     for registry in (distributions.DISTRIBUTIONS, estimators.ESTIMATORS):
         for entry in registry.names(with_aliases=True):
@@ -401,7 +386,7 @@ def list_(
         cls = distributions.get(name)
         structures.add_row(name, ", ".join(aliases.get(name, [])), str(cls.max_enumeration_size),
                            str(cls.default_args(6) or "-"))
-    console.print(structures)
+    out.print(structures)
 
     estimator_table = Table(title="estimators", header_style="bold")
     for column in ("name", "aliases", "unbiased", "summary"):
@@ -410,7 +395,7 @@ def list_(
         cls = estimators.ESTIMATORS.get(name)
         summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         estimator_table.add_row(name, ", ".join(aliases.get(name, [])), "yes" if cls.unbiased else "no", summary)
-    console.print(estimator_table)
+    out.print(estimator_table)
 
     task_table = Table(title="tasks", header_style="bold")
     for column in ("name", "relaxed input", "structures", "objective"):
@@ -419,13 +404,13 @@ def list_(
         entry = tasks.get(name)
         task_table.add_row(name, "yes" if entry.accepts_relaxed else "no",
                            "all" if entry.structures is None else ", ".join(entry.structures), entry.summary)
-    console.print(task_table)
+    out.print(task_table)
 
     for task_name in [task.value] if task is not None else tasks.names():
         matrix, reasons = _support_matrix(task_name)
-        console.print(matrix)
+        out.print(matrix)
         for reason in dict.fromkeys(reasons):
-            console.print(f"  - {reason}", highlight=False, markup=False)
+            out.print(f"  - {reason}", highlight=False, markup=False)
 
 
 # The training commands (optimize, train, table) live with the training harness, and the

@@ -94,3 +94,38 @@ def parse_registered(value: str | None, registry, option: str, default=None, all
         if canonical not in out:
             out.append(canonical)
     return tuple(out)
+
+
+def device(value: str, option: str = "--device") -> str:
+    """A torch device string checked by the one device check (``bench.grid.check_device``:
+    cpu, cuda or cuda:N, and CUDA present); ``typer.BadParameter`` naming ``option``
+    otherwise. For commands that check their options before building a grid."""
+    from rgbench.bench.grid import check_device
+
+    try:
+        return check_device(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error).removeprefix("device: "), param_hint=option) from None
+
+
+#: the width help is rendered at (terminals narrower than this get their own width)
+HELP_WIDTH = 100
+
+
+def help_width() -> int:
+    """``HELP_WIDTH``, or the terminal's width when that is narrower (``TERMINAL_WIDTH`` /
+    ``COLUMNS`` set by the user win): help reads the same in a pipe as in a terminal."""
+    import os
+    import shutil
+    import sys
+
+    for variable in ("TERMINAL_WIDTH", "COLUMNS"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    if sys.stdout.isatty():
+        return min(HELP_WIDTH, shutil.get_terminal_size((HELP_WIDTH, 24)).columns)
+    return HELP_WIDTH
+
+
+#: ``context_settings`` of every command: click's plain help at the same width
+CONTEXT_SETTINGS = {"max_content_width": HELP_WIDTH}

@@ -5,7 +5,9 @@ per task when several): ``variance`` (total variance of one estimate, log axis),
 (median milliseconds per estimate, log axis) and ``work`` (variance x seconds, log axis).
 Speed runs give ``speed`` (median milliseconds per call against n, log-log). Lines are
 coloured by estimator (or operation), styled by K when several; vertical bars are the
-intervals saved with the results (95% unless the run chose another level); the title carries the seed. Values that cannot be drawn
+intervals saved with the results (95% unless the run chose another level); the title carries the seed.
+One legend, beside the top-right panel, lists every level drawn in any panel; the n axis is
+labelled with the sizes themselves. Values that cannot be drawn
 on a log axis (zero variance of the exact estimator) are left out and the caption says so.
 A point whose interval is wider than its value produces a warning (for the timing figures,
 the tables' single timing note stands for them).
@@ -24,6 +26,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from rgbench.bench import store
 from rgbench.bench.results import MEASURED
@@ -51,6 +55,35 @@ SPEED_FIGURES = (
                timing=True),
 )
 HUE = {"variance": "estimator", "speed": "operation"}
+#: markers of the K values, in order, the same in every panel
+MARKERS = ("o", "X", "s", "P", "D", "^", "v", "*")
+#: at most this many labelled ticks on the n axis (more collide on a log axis)
+MAX_X_TICKS = 8
+
+
+def _x_ticks(ax, sizes: list[int], log: bool) -> None:
+    """Label the sizes themselves (plain integers), thinned to ``MAX_X_TICKS``, with no
+    labelled minor ticks: a log axis would otherwise label 6x10^0, 2x10^1, ... and skip 50."""
+    if len(sizes) > MAX_X_TICKS:
+        step = -(-len(sizes) // MAX_X_TICKS)
+        sizes = sorted(set(sizes[::step]) | {sizes[-1]})
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    if log:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _legend(ax, hue: str, drawn: list, palette: dict, style: str | None, style_order: list) -> None:
+    """One legend for the whole figure, beside the top-right panel: every level drawn in
+    any panel (a panel's own legend knows only its levels), then the K markers."""
+    marker = None if style else "o"
+    handles = [Line2D([], [], color=palette[level], marker=marker, label=str(level)) for level in drawn]
+    if style:
+        handles.append(Line2D([], [], linestyle="none", label=style))
+        handles += [Line2D([], [], color="0.35", linestyle="none", marker=MARKERS[i % len(MARKERS)], label=str(k))
+                    for i, k in enumerate(style_order)]
+    ax.legend(handles=handles, title=hue if style else None, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+              frameon=False)
 
 
 def _points(spec: FigureSpec, frame: pd.DataFrame) -> pd.DataFrame:
@@ -83,6 +116,8 @@ def _draw(spec: FigureSpec, frame: pd.DataFrame, hue: str, suptitle: str) -> Fig
     levels = list(dict.fromkeys(frame[hue]))
     palette = dict(zip(levels, sns.color_palette("tab10", len(levels))))
     style = "K" if frame["K"].nunique() > 1 else None
+    style_order = sorted(frame["K"].unique()) if style else []
+    markers = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(style_order)}
 
     figure = Figure(figsize=(4.6 * len(dists) + 1.6, 3.6 * len(row_values)))
     FigureCanvasAgg(figure)
@@ -99,10 +134,11 @@ def _draw(spec: FigureSpec, frame: pd.DataFrame, hue: str, suptitle: str) -> Fig
             if panel.empty:
                 continue
             # seaborn draws per-style markers only with a style variable; else one marker for all.
-            marks = {"style": style, "markers": True, "dashes": False} if style else {"marker": "o"}
+            marks = ({"style": style, "style_order": style_order, "markers": markers, "dashes": False} if style
+                     else {"marker": "o"})
             sns.lineplot(
                 data=panel, x="n", y="y", hue=hue, hue_order=[v for v in levels if v in set(panel[hue])],
-                palette=palette, errorbar=None, ax=ax, **marks,
+                palette=palette, errorbar=None, ax=ax, legend=False, **marks,
             )
             floor = panel["y"].min() / 1e3  # a lower end <= 0 cannot be drawn on a log axis
             for (level, *_), points in panel.groupby([hue] + ([style] if style else []), sort=False):
@@ -110,14 +146,12 @@ def _draw(spec: FigureSpec, frame: pd.DataFrame, hue: str, suptitle: str) -> Fig
                 upper = (points["y_hi"] - points["y"]).clip(lower=0)
                 ax.errorbar(points["n"], points["y"], yerr=[lower, upper], fmt="none", ecolor=palette[level],
                             capsize=3, alpha=0.8)
-            ax.set_xticks(sorted(panel["n"].unique()))
+            _x_ticks(ax, sorted(int(n) for n in panel["n"].unique()), spec.log_x)
             ax.set_xlabel("n")
             ax.set_ylabel(spec.ylabel)
-            legend = ax.get_legend()
-            if legend is not None and (i, j) != (0, len(dists) - 1):
-                legend.remove()
-            elif legend is not None:
-                ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    drawn = [level for level in levels if level in set(data[hue])]
+    if drawn:
+        _legend(axes[0][len(dists) - 1], hue, drawn, palette, style, style_order)
     caption = suptitle + ("" if not dropped else f"; {dropped} non-positive value(s) not drawn on the log axis")
     figure.suptitle(caption, fontsize=9)
     figure.tight_layout()

@@ -21,8 +21,7 @@ from typing import NamedTuple
 
 from rgbench.bench import store
 from rgbench.bench.progress import incomplete_reason
-from rgbench.bench.results import Results, saved_kinds
-from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
+from rgbench.bench.results import FORMAT, Results, saved_kinds
 from rgbench.reports.tables import build_tables, latex, markdown, timing_note
 
 PREFIX = {"variance": "", "speed": "speed_"}
@@ -33,7 +32,8 @@ class Rendered(NamedTuple):
     warnings: list[str]
 
 
-def _metadata_lines(metadata: dict) -> list[str]:
+def _metadata_lines(results: Results) -> list[str]:
+    metadata = results.metadata
     fields = [
         ("command", f"`{metadata.get('command', '')}`"),
         ("date (UTC)", metadata.get("date")),
@@ -42,12 +42,21 @@ def _metadata_lines(metadata: dict) -> list[str]:
         ("device", f"{metadata.get('device')} ({metadata.get('device_name')}), {metadata.get('threads')} threads"),
         ("seed", metadata.get("seed")),
     ]
+    if results.format != FORMAT:
+        fields.append(("results format", f"{results.format} (read by a {FORMAT} reader)"))
+    if results.missing_columns:
+        fields.append(("columns not in the saved files (shown as missing)", ", ".join(results.missing_columns)))
+    if results.extra_columns:
+        fields.append(("columns this rgbench does not know (kept, not shown)", ", ".join(results.extra_columns)))
     return [f"- {name}: {value}" for name, value in fields]
 
 
 def render(out_dir: str | Path, figures: bool = True) -> Rendered:
     """Write the tables, figures (unless ``figures=False``) and report of the results saved
     in ``out_dir``."""
+    # seaborn and matplotlib load slowly: only rendering pays for them, not importing
+    from rgbench.reports.figures import figure_warnings, planned_figures, write_figures
+
     out = Path(out_dir)
     reason = incomplete_reason(out)
     if reason is not None:
@@ -69,7 +78,7 @@ def render(out_dir: str | Path, figures: bool = True) -> Rendered:
         paths += [md_path, tex_path, *figure_paths]
         warnings += kind_warnings
 
-        report += [f"# rgbench {kind} results", ""] + _metadata_lines(results.metadata) + [""]
+        report += [f"# rgbench {kind} results", ""] + _metadata_lines(results) + [""]
         for note in results.metadata.get("notes", []):
             report.append(f"> Note: {note}")
         if kind_warnings:

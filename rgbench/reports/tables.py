@@ -1,12 +1,16 @@
 """Result tables in the paper's layout: one row per estimator (or timed operation), one
 column group per size, each cell ``mean ± half-width of its interval`` (95% unless the run
 chose another level), the best value
-of each column in bold, a dagger where the interval is wider than the value.
+of each column in bold where "best" means something (see :func:`_mark_best`: never the bias
+of an unbiased estimator, which is noise around 0), a dagger where the interval is wider
+than the value.
 
 :func:`build_tables` turns a saved results frame into :class:`Table` objects, one per
 (dist, task, K, device, dtype, seed) group; :func:`markdown` and :func:`latex` render them.
 Rendering is a pure function of the frame, so re-rendering saved results gives the same
-bytes.
+bytes. The Markdown table has every size and metric side by side; the LaTeX one is split
+into parts at most :data:`LATEX_MAX_COLUMNS` numeric columns wide (statistics and cost
+apart, then groups of sizes) so it fits a page.
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ class Metric(NamedTuple):
     check_stability: bool = True
     bracket: bool = False  # show "value [lo, hi]": the interval is not centred on the value
     timing: bool = False  # from the clock: its instability is reported once per run, not per cell
+    #: bold only among estimators that are biased by design (the bias of an unbiased one
+    #: is noise around 0: its smallest value means nothing)
+    best_among_biased: bool = False
 
 
 VARIANCE_METRICS = (
     # A zero-bias estimator's interval always reaches 0 and exceeds its noise-level value:
     # that is the expected outcome, not instability.
-    Metric("bias", "bias_lo", "bias_hi", "bias", "bias", "min", check_stability=False, bracket=True),
+    Metric("bias", "bias_lo", "bias_hi", "bias", "bias", "min", check_stability=False, bracket=True,
+           best_among_biased=True),
     Metric("total_var", "total_var_lo", "total_var_hi", "variance", "var.", "min"),
     Metric("time_median_s", "time_lo_s", "time_hi_s", "ms", "ms", "min", scale=1e3, timing=True),
     Metric("work_var", "work_var_lo", "work_var_hi", "var × s", "var.$\\times$s", "min", timing=True),
@@ -59,7 +67,9 @@ VARIANCE_LEGEND = (
     "contains 0 when no coordinate shows bias); "
     "variance = trace of the covariance of one estimate (percentile bootstrap); ms = median "
     "wall-clock per estimate (order-statistic interval); var × s = variance × median seconds "
-    "(Bonferroni product interval). Bold: best in its column. †: interval wider than the value. "
+    "(Bonferroni product interval). Bold: lowest in its column; for the bias, lowest among the "
+    "estimators biased by design when there are two or more (an unbiased estimator's bias is "
+    "noise around 0 and is never bold). †: interval wider than the value. "
     "BIASED: an estimator registered as unbiased whose bias interval at per-cell false-alarm rate "
     "1e-3 (Bonferroni over coordinates) excludes 0; the reason is listed below the table."
 )
@@ -83,6 +93,7 @@ class Cell(NamedTuple):
     bold: bool = False
     unstable: bool = False
     bracket: bool = False
+    unbiased: bool | None = None  # the estimator is registered unbiased (None: unknown)
 
 
 @dataclass
@@ -172,7 +183,10 @@ def build_tables(frame: pd.DataFrame, kind: str) -> list[Table]:
                     shaky = metric.check_stability and unstable(value, lo, hi)
                     # The flag belongs to the bias; the other metrics of the row stay plain.
                     status = record["status"] if metric.column == "bias" else "ok"
-                    cells.append(Cell(value, lo, hi, status, unstable=shaky, bracket=metric.bracket))
+                    flag = record.get("unbiased", None)
+                    unbiased = None if flag is None or pd.isna(flag) else bool(flag)
+                    cells.append(Cell(value, lo, hi, status, unstable=shaky, bracket=metric.bracket,
+                                      unbiased=unbiased))
             rows.append((name, cells))
         pct = _percent(group)
         table = Table(
@@ -215,15 +229,25 @@ def _columns(table: Table) -> list[tuple[int, Metric]]:
 
 
 def _mark_best(table: Table) -> None:
+    """Bold the lowest (or highest) measured, unflagged value of each column.
+
+    Where a metric is ``best_among_biased`` (the bias) only estimators registered as biased
+    compete, and only when there are two or more: an unbiased estimator's bias is noise
+    around 0, so its smallest value is luck, and one candidate is best of nothing.
+    """
     for index, (_, metric) in enumerate(_columns(table)):
-        values = [cells[index].value for _, cells in table.rows if cells[index].status == "ok"]  # not flagged
-        values = [v for v in values if not math.isnan(v)]
-        if not values:
+        def eligible(cell: Cell) -> bool:
+            if cell.status != "ok" or math.isnan(cell.value):  # not flagged, measured
+                return False
+            return not metric.best_among_biased or cell.unbiased is False
+
+        values = [cells[index].value for _, cells in table.rows if eligible(cells[index])]
+        if not values or (metric.best_among_biased and len(values) < 2):
             continue
         best = min(values) if metric.better == "min" else max(values)
         for _, cells in table.rows:
             cell = cells[index]
-            if cell.status == "ok" and cell.value == best:
+            if eligible(cell) and cell.value == best:
                 cells[index] = cell._replace(bold=True)
 
 
@@ -258,30 +282,59 @@ def _cell_latex(cell: Cell) -> str:
     return text + " \\textbf{BIASED}" if cell.status == "biased" else text
 
 
+#: the most numeric columns one LaTeX tabular gets (more do not fit a page in \small)
+LATEX_MAX_COLUMNS = 6
+
+
+def _latex_parts(table: Table) -> list[tuple[str, list[int], list[int]]]:
+    """(part name, sizes, metric indices) of each LaTeX tabular: metrics in pairs
+    (statistics, then cost), sizes in groups, each at most ``LATEX_MAX_COLUMNS`` wide."""
+    metric_groups = [list(range(i, min(i + 2, len(table.metrics)))) for i in range(0, len(table.metrics), 2)]
+    parts = []
+    for group in metric_groups:
+        per_table = max(1, LATEX_MAX_COLUMNS // len(group))
+        for start in range(0, len(table.sizes), per_table):
+            sizes = table.sizes[start:start + per_table]
+            what = ", ".join(table.metrics[i].label for i in group) if len(metric_groups) > 1 else ""
+            where = f"n = {_sizes_text(sizes)}" if len(sizes) < len(table.sizes) else ""
+            parts.append(("; ".join(x for x in (what, where) if x), sizes, group))
+    return parts
+
+
 def latex(table: Table) -> str:
-    """The table as a booktabs ``table`` environment (needs ``\\usepackage{booktabs}``)."""
-    per = len(table.metrics)
-    spec = "l" + " ".join("r" * per for _ in table.sizes)
-    group_head = " & ".join(f"\\multicolumn{{{per}}}{{c}}{{$n={n}$}}" for n in table.sizes)
-    rules = " ".join(f"\\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(table.sizes)))
-    metric_head = " & ".join(metric.latex for _, metric in _columns(table))
-    lines = [
-        "\\begin{table}[t]",
-        "\\centering",
-        "\\small",
-        f"\\caption{{{latex_escape(table.title)}}}",
-        f"\\label{{tab:rgbench-{latex_escape(table.slug)}}}",
-        f"\\begin{{tabular}}{{{spec}}}",
-        "\\toprule",
-        f" & {group_head} \\\\",
-        rules,
-        f"{latex_escape(table.row_label)} & {metric_head} \\\\",
-        "\\midrule",
-    ]
-    for name, cells in table.rows:
-        lines.append(" & ".join([latex_escape(name)] + [_cell_latex(cell) for cell in cells]) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "", "\\footnotesize " + latex_escape(table.legend)]
-    for note in table.notes:
-        lines.append("\\par " + latex_escape(note))
-    lines.append("\\end{table}")
+    """The table as booktabs ``table`` environments (a ``% requires \\usepackage{booktabs}``
+    line on top), split into parts of at most :data:`LATEX_MAX_COLUMNS` numeric columns."""
+    parts = _latex_parts(table)
+    lines = ["% requires \\usepackage{booktabs}"]
+    for number, (name, sizes, group) in enumerate(parts, 1):
+        per = len(group)
+        spec = "l" + " ".join("r" * per for _ in sizes)
+        group_head = " & ".join(f"\\multicolumn{{{per}}}{{c}}{{$n={n}$}}" for n in sizes)
+        rules = " ".join(f"\\cmidrule(lr){{{2 + i * per}-{1 + (i + 1) * per}}}" for i in range(len(sizes)))
+        metric_head = " & ".join(table.metrics[i].latex for _ in sizes for i in group)
+        caption = table.title + (f" ({name})" if name else "")
+        label = table.slug + (f"-{number}" if len(parts) > 1 else "")
+        lines += [
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            f"\\caption{{{latex_escape(caption)}}}",
+            f"\\label{{tab:rgbench-{latex_escape(label)}}}",
+            f"\\begin{{tabular}}{{{spec}}}",
+            "\\toprule",
+            f" & {group_head} \\\\",
+            rules,
+            f"{latex_escape(table.row_label)} & {metric_head} \\\\",
+            "\\midrule",
+        ]
+        columns = [table.sizes.index(n) * len(table.metrics) + i for n in sizes for i in group]
+        for row, cells in table.rows:
+            chosen = [cells[k] for k in columns]
+            lines.append(" & ".join([latex_escape(row)] + [_cell_latex(cell) for cell in chosen]) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        if number == len(parts):  # the legend and notes once, under the last part
+            lines += ["", "\\footnotesize " + latex_escape(table.legend)]
+            for note in table.notes:
+                lines.append("\\par " + latex_escape(note))
+        lines.append("\\end{table}")
     return "\n".join(lines) + "\n"

@@ -341,9 +341,13 @@ def test_results_round_trip_with_schema(tmp_path):
     assert exact["snr"] == "inf"  # non-finite floats are spelled out, the file stays valid JSON
 
 
-def test_apply_schema_reports_missing_columns():
-    with pytest.raises(ValueError, match="missing the columns"):
-        apply_schema(pd.DataFrame({"dist": ["topk"]}), VARIANCE_SCHEMA)
+def test_apply_schema_fills_missing_columns():
+    # Was: a missing column raised, which made every older results folder unreadable once a
+    # statistic was added; now it is filled with the type's missing value.
+    frame = apply_schema(pd.DataFrame({"dist": ["topk"], "mine": [1]}), VARIANCE_SCHEMA)
+    assert list(frame.columns) == [*VARIANCE_SCHEMA, "mine"]
+    assert frame["reason"].tolist() == [""] and math.isnan(frame["bias"].iloc[0])
+    assert frame["n"].isna().all() and str(frame["n"].dtype) == "Int64"
 
 
 def test_grid_validation_names_the_problem():

@@ -58,7 +58,9 @@ def test_saved_command_reproduces_the_options(variance_dir):
 
     out, _ = variance_dir
     command = json.loads((out / "variance.json").read_text())["metadata"]["command"]
-    assert command.startswith("rgbench variance --dist cle --sizes 3,4 --estimators exact,t-reinforce")
+    # Changed: --dists is the option's name now (--dist, typed above, is its alias), and the
+    # saved command spells options by their names.
+    assert command.startswith("rgbench variance --dists cle --sizes 3,4 --estimators exact,t-reinforce")
     assert "--seed 0" in command and "--replicates 30" in command and f"--out {out}" in command
     assert "--figures" in command and "--quiet" not in command
 
@@ -235,3 +237,51 @@ def test_a_biased_unbiased_estimator_is_flagged_on_the_console_tables_and_report
     assert "\\textbf{BIASED}" in (tmp_path / "tables.tex").read_text()
     frame = pd.read_csv(tmp_path / "variance.csv")
     assert frame.set_index("estimator")["status"].to_dict() == {"t-loo": "ok", "t-loo-x1.5": "biased"}
+
+
+def test_variance_takes_several_dists_and_names_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _run("variance", "--dists", "topk,kruskal", "--sizes", "3", "--estimators", "t-loo,sst", *FAST)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "rgbench-results" / "variance-topk-kruskal" / "variance.csv")
+    assert list(dict.fromkeys(frame["dist"])) == ["topk", "kruskal"]
+    # --dist is the same option (an alias, as the README types it); aliases resolve.
+    result = _run("variance", "--dist", "spanning-tree", "--sizes", "3", "--estimators", "t-loo", *FAST)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rgbench-results" / "variance-kruskal" / "variance.csv").is_file()
+
+
+def test_speed_takes_all_dists_and_all_estimators(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _run("speed", "--dists", "all", "--sizes", "4", "--batch", "2", "--repeats", "1",
+                  "--estimators", "t-reinforce", "--no-figures", "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "rgbench-results" / "speed-all" / "speed.csv")
+    assert set(frame["dist"]) == set(distributions.names())
+    from rgbench.cli.options import parse_registered
+
+    assert parse_registered("all", estimators.ESTIMATORS, "--estimators") == tuple(estimators.names())
+
+
+def test_options_device_is_the_one_device_check():
+    from rgbench.cli.options import device
+
+    assert device("cpu") == "cpu"
+    with pytest.raises(typer.BadParameter, match="not a torch device"):
+        device("tpu")
+    with pytest.raises(typer.BadParameter, match="only cpu and cuda"):
+        device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(typer.BadParameter, match="CUDA is not available"):
+            device("cuda:1")
+
+
+@pytest.mark.parametrize("command", ["variance", "speed", "report", "list"])
+def test_help_is_readable_at_100_columns(command):
+    result = _run(command, "--help")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 100 and max(len(line) for line in lines) > 80
+    assert "…" not in result.output  # no option help cut short
+    if command in ("variance", "speed"):
+        assert "--dists,--dist" in result.output

@@ -98,16 +98,51 @@ def test_unstable_values_are_marked_and_warned():
 def test_latex_table_is_well_formed():
     (table,) = build_tables(_frame(), "variance")
     text = latex(table)
-    assert text.startswith("\\begin{table}") and text.rstrip().endswith("\\end{table}")
-    assert "\\begin{tabular}{lrrrr rrrr}" in text
-    assert "\\multicolumn{4}{c}{$n=3$}" in text and "\\cmidrule(lr){6-9}" in text
-    body = text.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
-    assert len(body) == 4
-    for line in body:
-        assert line.endswith("\\\\") and line.count("&") == 8
+    # Changed: the table used to be one tabular of 2 sizes x 4 metrics with no word of its
+    # package; now it says it needs booktabs and comes as two parts (bias and variance; ms
+    # and var x s) of at most 6 numeric columns, each a well-formed table.
+    assert text.startswith("% requires \\usepackage{booktabs}\n\\begin{table}")
+    assert text.rstrip().endswith("\\end{table}")
+    parts = text.split("\\begin{table}")[1:]
+    assert len(parts) == 2 and all(part.rstrip().endswith("\\end{table}") for part in parts)
+    for part in parts:
+        assert "\\begin{tabular}{lrr rr}" in part
+        assert "\\multicolumn{2}{c}{$n=3$}" in part and "\\cmidrule(lr){4-5}" in part
+        body = part.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
+        assert len(body) == 4
+        for line in body:
+            assert line.endswith("\\\\") and line.count("&") == 4
+    assert "bias & var. & bias & var." in parts[0] and "ms & var.$\\times$s" in parts[1]
     assert "$\\mathbf{6 \\pm 0.6}$" in text
     assert "\\textit{skipped}" in text
     assert text.count("$") % 2 == 0  # math mode always closed
+
+
+def test_latex_parts_stay_narrow():
+    rows = [_row(name, n, float(n)) for n in (3, 4, 5, 6) for name in ("t-reinforce", "sst")]
+    (table,) = build_tables(pd.DataFrame(rows), "variance")
+    text = latex(table)
+    specs = re.findall(r"\\begin\{tabular\}\{([lr ]+)\}", text)
+    assert len(specs) == 4  # 4 sizes: (bias, variance) and (ms, var x s), each for n = 3-5 and n = 6
+    assert all(spec.count("r") <= 6 for spec in specs)
+    assert "n = 6" in text and text.count("\\footnotesize") == 1
+
+
+def test_bias_is_bold_only_among_biased_estimators():
+    rows = []
+    for n in (3, 4):
+        rows.append(_row("t-reinforce", n, 1.0, bias=0.01))  # unbiased: its small bias is noise
+        rows.append(_row("sst", n, 2.0, bias=0.5, unbiased=False))
+        rows.append(_row("gumbel", n, 3.0, bias=0.3, unbiased=False))
+    (table,) = build_tables(pd.DataFrame(rows), "variance")
+    lines = {line.split("|")[1].strip(): line for line in markdown(table).splitlines() if line.startswith("| ")}
+    assert "**0.3 [0, 0.3]**" in lines["gumbel"] and "**0.01" not in lines["t-reinforce"]
+    assert "**0.5" not in lines["sst"] and "**1 ± 0.1**" in lines["t-reinforce"]  # variance still bold
+    assert "never bold" in table.legend
+    # A single biased estimator is best of nothing: no bold bias at all.
+    (table,) = build_tables(pd.DataFrame([r for r in rows if r["estimator"] != "gumbel"]), "variance")
+    text = markdown(table)
+    assert "**0.5" not in text and "**0.01" not in text
 
 
 def test_render_writes_everything_and_is_reproducible(saved):
@@ -140,7 +175,9 @@ def test_render_a_real_run(tmp_path):
     render(tmp_path)
     text = (tmp_path / "tables.md").read_text()
     assert "### topk: task quadratic, K=4, 30 replicates, seed 0, cpu float64" in text
-    assert re.search(r"\| exact \| \*\*[^ ]+ \[0, [^\]]+\]\*\* \| \*\*0 ± 0\*\*", text)
+    # Changed: the exact estimator's bias was bold as "best", but it is unbiased (its bias is
+    # rounding noise): only its zero variance is bold now.
+    assert re.search(r"\| exact \| [^ *]+ \[0, [^\]]+\] \| \*\*0 ± 0\*\*", text)
     # The exact estimator's zero variance cannot sit on a log axis: the caption says so.
     assert (tmp_path / "figures" / "variance.png").is_file()
 
@@ -156,3 +193,30 @@ def test_render_speed_results(tmp_path):
     assert (tmp_path / "figures" / "speed.pdf").is_file()
     assert any(path.name == "speed_tables.tex" for path in rendered.paths)
     assert list(pd.read_csv(tmp_path / "speed.csv").columns) == list(SPEED_SCHEMA)
+
+
+def test_one_legend_lists_every_panel_level():
+    from rgbench.reports.figures import VARIANCE_FIGURES, _draw
+
+    rows = [_row(name, n, 1.0 + n, dist=dist) for dist, names in (("cle", ("t-reinforce", "relax")),
+                                                                   ("topk", ("sst",)))
+            for name in names for n in (3, 4)]
+    rows += [_row("sst", n, 2.0, dist="topk", K=8) for n in (3, 4)]
+    figure = _draw(VARIANCE_FIGURES[0], pd.DataFrame(rows), "estimator", "title")
+    legends = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and legends[0].axes is figure.axes[-1]  # beside the last panel only
+    labels = [text.get_text() for text in legends[0].get_texts()]
+    assert labels == ["t-reinforce", "relax", "sst", "K", "4", "8"]  # cle's levels too, then the K markers
+
+
+def test_log_x_ticks_are_the_sizes():
+    from rgbench.reports.figures import SPEED_FIGURES, _draw
+
+    rows = [dict(dist="topk", n=n, batch=4, operation="sample", K=4, task="quadratic", device="cpu",
+                 dtype="float32", seed=0, status="ok", reason="", repeats=3, time_median_s=1e-3 * n,
+                 time_lo_s=0.9e-3 * n, time_hi_s=1.1e-3 * n) for n in (5, 10, 20, 50)]
+    figure = _draw(SPEED_FIGURES[0], pd.DataFrame(rows), "operation", "title")
+    ax = figure.axes[0]
+    figure.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "10", "20", "50"]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))
