@@ -72,28 +72,32 @@ def _rewrite(folder: Path, kind: str, change) -> None:
 def test_missing_and_unknown_columns_load(tmp_path):
     folder = _copy("variance-v1", tmp_path)
 
+    dropped = ["snr", "snr_lo", "reason", "num_tests", "replicates", "unbiased"]
+    written = set(pd.read_csv(folder / "variance.csv", nrows=0).columns)  # format 1 lacks later columns
+
     def change(frame):
-        frame = frame.drop(columns=["snr", "snr_lo", "reason", "num_tests", "replicates", "unbiased"])
-        frame["total_var_se"] = [0.01, 0.02]  # a statistic this reader does not know
+        frame = frame.drop(columns=dropped)
+        frame["future_stat"] = [0.01, 0.02]  # a statistic this reader does not know
         return frame
 
     _rewrite(folder, "variance", change)
     results = Results.load(folder, "variance")
     frame = results.frame
-    assert results.missing_columns == ("reason", "unbiased", "replicates", "num_tests", "snr", "snr_lo")
-    assert results.extra_columns == ("total_var_se",)
-    assert list(frame.columns) == [*VARIANCE_SCHEMA, "total_var_se"]  # known first, extras after
+    assert set(dropped) <= set(results.missing_columns)
+    assert results.missing_columns == tuple(c for c in VARIANCE_SCHEMA if c in dropped or c not in written)
+    assert results.extra_columns == ("future_stat",)
+    assert list(frame.columns) == [*VARIANCE_SCHEMA, "future_stat"]  # known first, extras after
     assert frame["snr"].isna().all() and frame["snr_hi"].notna().all()
     assert (frame["reason"] == "").all() and frame["num_tests"].isna().all()
     assert frame["replicates"].isna().all() and frame["unbiased"].isna().all()
-    assert frame["total_var_se"].tolist() == [0.01, 0.02]
+    assert frame["future_stat"].tolist() == [0.01, 0.02]
     rendered = render(folder, figures=False)
     report = (folder / "report.md").read_text()
-    assert "snr_lo" in report and "total_var_se" in report
+    assert "snr_lo" in report and "future_stat" in report
     assert rendered.paths
     # The extra column survives a save and a load.
     results.save(tmp_path / "again")
-    assert Results.load(tmp_path / "again", "variance").frame["total_var_se"].tolist() == [0.01, 0.02]
+    assert Results.load(tmp_path / "again", "variance").frame["future_stat"].tolist() == [0.01, 0.02]
 
 
 def test_a_newer_format_is_refused_in_one_line(tmp_path):
