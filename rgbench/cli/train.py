@@ -1,17 +1,20 @@
-"""Commands for the paper's training experiments: ``optimize``, ``train listops``, ``table``.
+"""Commands for the paper's training experiments: ``train``, ``optimize``, ``table``.
 
-``register(app)`` adds them to a Typer app (the main ``rgbench`` CLI calls it):
+``register(app)`` adds them to a Typer app (the main ``rgbench`` CLI calls it). Every
+experiment comes from :data:`rgbench.experiments.EXPERIMENTS`:
 
-    rgbench optimize --dist cle [--estimators e-reinforce,t-loo] [--steps 15000] [--seed 0] [--out DIR]
+    rgbench train toy --dists cle [--estimators e-reinforce,t-loo] [--steps 15000] [--seed 0] [--out DIR]
+    rgbench optimize --dists cle ...          # the same as `rgbench train toy`
     rgbench train listops --estimator t-loo --scale quick --seed 0 --out DIR
     rgbench table --paper 3 --scale quick --seeds 3 --out DIR
 
 User errors (unknown names, bad values, CUDA without a GPU, an unusable --out) exit with
 code 1 or 2 and a one-line reason; a failed run leaves ``status.json`` = failed in its folder.
---out is checked before any compute; a non-empty one needs --resume (continue: complete runs
-are reused, an interrupted one continues from its checkpoint) or --force (start afresh; old
-files stay until new ones replace them). SIGINT/SIGTERM stop at the next step with a
-checkpoint, one line saying how to resume, and exit code 130/143.
+--out (default ``rgbench-results/<experiment>``, ``rgbench-results/table<N>``) is checked
+before any compute; a non-empty one needs --resume (continue: complete runs are reused, an
+interrupted one continues from its checkpoint) or --force (start afresh; old files stay
+until new ones replace them). SIGINT/SIGTERM stop at the next step with a checkpoint, one
+line saying how to resume, and exit code 130/143.
 """
 
 from __future__ import annotations
@@ -26,21 +29,11 @@ import torch
 import typer
 
 from rgbench import distributions, estimators
-from rgbench.cli.options import command_line, fail, parse_names
 from rgbench.bench import store
-from rgbench.experiments import paper as experiments
-from rgbench.experiments.paper import Scale
-from rgbench.experiments.toy.losses import toy_structures
-
-
-def _names(value: str, registry, option: str) -> list[str]:
-    names = parse_names(value)
-    if not names:
-        raise typer.BadParameter(f"{option} needs at least one name")
-    for name in names:
-        if name not in registry:
-            raise typer.BadParameter(f"unknown name {name!r}; valid names: {', '.join(registry.names(with_aliases=True))}")
-    return [registry.canonical(name) for name in names]
+from rgbench.cli.options import DEFAULT_OUT_ROOT, command_line, fail, parse_registered
+from rgbench.experiments import EXPERIMENTS, find_artefact
+from rgbench.experiments.registry import Experiment, artefacts, describe_artefacts
+from rgbench.experiments.scales import Scale
 
 
 def _device(device: str) -> str:
@@ -61,6 +54,20 @@ def _fail(error: Exception) -> None:
     fail(f"{type(error).__name__}: {error}")
 
 
+def _usage_error(message: str) -> None:
+    """A usage error on one line (exit code 2, like Typer's, without its box)."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+Estimators = Annotated[Optional[str], typer.Option(
+    "--estimators", "--estimator", help="Estimators, comma-separated, or 'all' (default: the experiment's).")]
+Steps = Annotated[Optional[int], typer.Option(help="Override the scale's number of steps.")]
+ScaleOption = Annotated[Scale, typer.Option(help="smoke (seconds), quick (CPU) or paper (the paper's sizes).")]
+Device = Annotated[str, typer.Option(help="cpu or cuda.")]
+Cache = Annotated[Optional[Path], typer.Option(
+    help="Dataset cache folder (default $RGBENCH_CACHE or ~/.cache/rgbench).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the run in --out: reuse complete runs, continue an interrupted one from its "
                      "checkpoint.")]
@@ -71,7 +78,7 @@ Force = Annotated[bool, typer.Option(
 @contextmanager
 def _guarded(ctx: typer.Context, out: Path, resume: bool, force: bool) -> Iterator[None]:
     """Check --out before any compute; turn a signal into a checkpoint, one line and exit
-    130/143; an unusable file is a one-line error."""
+    130/143; an unusable file is a one-line error; a run's error is a one-line error."""
     try:
         store.prepare_out(out, resume=resume, force=force)
     except store.OutputError as error:
@@ -86,138 +93,160 @@ def _guarded(ctx: typer.Context, out: Path, resume: bool, force: bool) -> Iterat
             raise typer.Exit(error.exit_code)
         except store.OutputError as error:
             fail(str(error))
-
-
-def optimize(
-    ctx: typer.Context,
-    dist: Annotated[str, typer.Option(help="Structures, comma-separated (matching, binary-tree, cle, kruskal) or 'all'.")],
-    estimators_: Annotated[
-        str, typer.Option("--estimators", help="Estimators, comma-separated.")
-    ] = ",".join(experiments.TOY_ESTIMATORS),
-    steps: Annotated[Optional[int], typer.Option(help="Adam steps (default: the scale's; 15,000 at quick and paper).")] = None,
-    scale: Annotated[Scale, typer.Option(help="smoke (seconds), quick or paper (the authors' setting).")] = Scale.quick,
-    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("results/toy"),
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
-    resume: Resume = False,
-    force: Force = False,
-) -> None:
-    """The authors' toy optimisation: loss curves and final losses per estimator.
-
-    Minimises a loss with a known optimum over free logits (dimension 10, Adam lr 0.01,
-    3 samples per step, logits initialised at 0); writes loss curves (PNG, PDF) and a table
-    of final loss and gradient std at initialisation per estimator, with the authors'
-    figures beside them.
-    """
-    known = toy_structures()
-    if dist.strip() == "all":
-        structures = [name for name in known if name in distributions.DISTRIBUTIONS]
-    else:
-        structures = _names(dist, distributions.DISTRIBUTIONS, "--dist")
-        for name in structures:
-            if name not in known:
-                raise typer.BadParameter(f"--dist {name!r} has no toy loss; choose from {', '.join(known)}")
-    names = _names(estimators_, estimators.ESTIMATORS, "--estimators")
-    _positive(steps, "--steps")
-    device = _device(device)
-    with _guarded(ctx, out, resume, force):
-        try:
-            _, table = experiments.run_toy(structures, names, scale, seed, out, steps, device, progress=not quiet,
-                                           resume=resume)
-        except store.OutputError:
-            raise
         except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
             _fail(error)
-    typer.echo(experiments.toy_table_markdown(table))
-    typer.echo(f"wrote {out}/toy_table.md, toy_curves.csv, toy_curves.png/pdf")
 
 
-train_app = typer.Typer(help="Train a model with a structured latent variable.", no_args_is_help=True)
+def _experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise typer.BadParameter(f"unknown experiment {name!r}; registered: {', '.join(EXPERIMENTS.names())}",
+                                 param_hint="EXPERIMENT")
+    return EXPERIMENTS.get(name)
 
 
-@train_app.command("listops")
-def train_listops(
-    ctx: typer.Context,
-    estimator: Annotated[str, typer.Option(help="Estimator (t-loo, e-loo, relax, sst).")] = "t-loo",
-    scale: Annotated[Scale, typer.Option(help="smoke (seconds), quick (CPU, ~10-20 min) or paper (GPU).")] = Scale.quick,
-    seed: Annotated[int, typer.Option(help="Seed of the run (model, data order, samples).")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder of the run.")] = Path("results/listops"),
-    steps: Annotated[Optional[int], typer.Option(help="Override the scale's number of steps.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    cache: Annotated[Optional[Path], typer.Option(help="Dataset cache folder (default $RGBENCH_CACHE or ~/.cache/rgbench).")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
-    lr: Annotated[
-        Optional[float], typer.Option(help="Override the learning rate (default: the scale's, else the estimator's).")
-    ] = None,
-    resume: Resume = False,
-    force: Force = False,
-) -> None:
-    """Unsupervised ListOps parsing (paper §5.3) with one estimator and seed.
+def _dists(experiment: Experiment, value: Optional[str]) -> tuple[str, ...]:
+    if value is None:
+        raise typer.BadParameter(f"train {experiment.name} needs the structures: comma-separated names or 'all' "
+                                 f"({', '.join(experiment.structures)})", param_hint="--dists")
+    allowed = [name for name in experiment.structures if name in distributions.DISTRIBUTIONS]
+    if value.strip() == "all":
+        return tuple(allowed)
+    names = parse_registered(value, distributions.DISTRIBUTIONS, "--dists")
+    for name in names:
+        if name not in allowed:
+            raise typer.BadParameter(f"{name!r} has no {experiment.name} loss; choose from {', '.join(allowed)}",
+                                     param_hint="--dists")
+    return names
 
-    An LSTM arc scorer defines an arborescence over the tokens and a tree GNN answers from
-    it; reports test accuracy and edge precision / recall of the best-validation checkpoint.
-    """
-    (name,) = _names(estimator, estimators.ESTIMATORS, "--estimator")
+
+def _train(ctx: typer.Context, experiment: Experiment, *, dists, estimators_, scale, seed, out, steps, device, cache,
+           lr, quiet, resume, force) -> None:
+    """``rgbench train NAME``: check the options against the experiment's, then call its train entry."""
+    given = {"dists": dists, "lr": lr, "cache": cache}
+    for option, value in given.items():
+        if value is not None and option not in experiment.train_options:
+            raise typer.BadParameter(f"train {experiment.name} has no --{option}", param_hint=f"--{option}")
+    extra = {option: given[option] for option in experiment.train_options}
+    if "dists" in experiment.train_options:
+        extra["dists"] = _dists(experiment, dists)
+    names = parse_registered(estimators_, estimators.ESTIMATORS, "--estimators", default=experiment.train_estimators)
     _positive(steps, "--steps")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise typer.BadParameter(f"--lr must be a positive number, got {lr}", param_hint="--lr")
     device = _device(device)
-    if "cle" not in distributions.DISTRIBUTIONS:
-        _fail(RuntimeError("the arborescence distribution ('cle') is not available"))
+    out = out if out is not None else DEFAULT_OUT_ROOT / experiment.name
     with _guarded(ctx, out, resume, force):
-        try:
-            summary = experiments.run_listops(name, scale, seed, out, device, cache, steps, progress=not quiet, lr=lr,
-                                              resume=resume)
-        except store.OutputError:
-            raise
-        except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
-            _fail(error)
-    metrics = ", ".join(f"{key[5:]} {100 * summary[key]:.2f}%" for key in summary if key.startswith("test_"))
-    typer.echo(f"{name} seed {seed} ({scale.value}): {metrics}; {summary['wall_s']:.0f} s; wrote {out}")
+        text = experiment.train(estimators=names, scale=scale, seed=seed, out=out, steps=steps, device=device,
+                                progress=not quiet, resume=resume, **extra)
+    typer.echo(text)
+
+
+def train(
+    ctx: typer.Context,
+    experiment: Annotated[str, typer.Argument(help="The experiment: toy or listops (see `rgbench train --help`).")],
+    dists: Annotated[Optional[str], typer.Option(
+        "--dists", "--dist", help="toy: structures, comma-separated (matching, binary-tree, cle, kruskal) or 'all'.")] = None,
+    estimators_: Estimators = None,
+    scale: ScaleOption = Scale.quick,
+    seed: Annotated[int, typer.Option(help="Seed of the run (model, data order, samples).")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default rgbench-results/EXPERIMENT).")] = None,
+    steps: Steps = None,
+    device: Device = "cpu",
+    cache: Annotated[Optional[Path], typer.Option(
+        help="listops: dataset cache folder (default $RGBENCH_CACHE or ~/.cache/rgbench).")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="listops: override the learning rate (default: the scale's, else the estimator's).")] = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Train one paper experiment from the experiment registry.
+
+    toy: the authors' toy optimisation -- free logits (dimension 10, Adam lr 0.01, 3 samples
+    per step, logits at 0) against a loss with a known optimum, for every structure in
+    --dists and estimator in --estimators (default: all six); writes loss curves (PNG, PDF)
+    and a table of final loss and gradient std at initialisation, the authors' figures
+    (15,000 steps) beside them.
+
+    listops: unsupervised ListOps parsing (paper §5.3) with one estimator (default t-loo) and
+    seed: an LSTM arc scorer defines an arborescence over the tokens and a tree GNN answers
+    from it; reports test accuracy and edge precision / recall of the best-validation checkpoint.
+    """
+    _train(ctx, _experiment(experiment), dists=dists, estimators_=estimators_, scale=scale, seed=seed, out=out,
+           steps=steps, device=device, cache=cache, lr=lr, quiet=quiet, resume=resume, force=force)
+
+
+def optimize(
+    ctx: typer.Context,
+    dists: Annotated[Optional[str], typer.Option(
+        "--dists", "--dist", help="Structures, comma-separated (matching, binary-tree, cle, kruskal) or 'all'.")] = None,
+    estimators_: Estimators = None,
+    steps: Annotated[Optional[int], typer.Option(help="Adam steps (default: the scale's; 15,000 at quick and paper).")] = None,
+    scale: Annotated[Scale, typer.Option(help="smoke (seconds), quick or paper (the authors' setting).")] = Scale.quick,
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default rgbench-results/toy).")] = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """The authors' toy optimisation (the same as `rgbench train toy`).
+
+    Minimises a loss with a known optimum over free logits (dimension 10, Adam lr 0.01,
+    3 samples per step, logits initialised at 0); writes loss curves (PNG, PDF) and a table
+    of final loss and gradient std at initialisation per estimator, with the authors'
+    figures (at 15,000 steps) beside them.
+    """
+    _train(ctx, EXPERIMENTS.get("toy"), dists=dists, estimators_=estimators_, scale=scale, seed=seed, out=out,
+           steps=steps, device=device, cache=None, lr=None, quiet=quiet, resume=resume, force=force)
+
+
+def _available(kind: str) -> str:
+    """'only Table 3 (listops) is available' / 'available: Table 1 (l2x), Table 3 (listops)'."""
+    pairs = artefacts(kind)
+    if len(pairs) == 1:
+        return f"only {describe_artefacts(kind)} is available"
+    return f"available: {describe_artefacts(kind)}"
 
 
 def table(
     ctx: typer.Context,
-    paper: Annotated[int, typer.Option(help="Which paper table to regenerate (3: ListOps).")] = 3,
-    scale: Annotated[Scale, typer.Option(help="smoke, quick or paper.")] = Scale.quick,
+    paper: Annotated[int, typer.Option(help="Which paper table to regenerate (registered: see the error for others).")] = 3,
+    scale: ScaleOption = Scale.quick,
     seeds: Annotated[int, typer.Option(help="Seeds per estimator (0..seeds-1).")] = 3,
-    estimators_: Annotated[
-        str, typer.Option("--estimators", help="Estimators, comma-separated.")
-    ] = ",".join(experiments.LISTOPS_ESTIMATORS),
-    out: Annotated[Path, typer.Option(help="Output folder (with --resume, complete runs are reused).")] = Path("results/table3"),
-    steps: Annotated[Optional[int], typer.Option(help="Override the scale's number of steps.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    cache: Annotated[Optional[Path], typer.Option(help="Dataset cache folder.")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    estimators_: Annotated[Optional[str], typer.Option(
+        "--estimators", help="Estimators, comma-separated, or 'all' (default: the table's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default rgbench-results/table<N>; with --resume, complete runs are reused).")] = None,
+    steps: Steps = None,
+    device: Device = "cpu",
+    cache: Cache = None,
+    quiet: Quiet = False,
     resume: Resume = False,
     force: Force = False,
 ) -> None:
-    """Regenerate a paper table (Table 3: ListOps) beside the paper's numbers.
+    """Regenerate a paper table beside the paper's numbers (from the experiment registry).
 
     Runs every estimator x seed (with --resume, reusing complete runs) and writes the table in the paper's
     format (mean ± std and max over seeds) with the paper's numbers in adjacent columns, as
     Markdown and LaTeX, and the validation curves of every run as a figure.
     """
-    if paper != 3:
-        raise typer.BadParameter(f"--paper {paper} is not available here; only Table 3 (ListOps) is", param_hint="--paper")
+    experiment = find_artefact("table", paper)
+    if experiment is None:
+        _usage_error(f"--paper {paper}: Table {paper} is not registered; {_available('table')}")
     _positive(seeds, "--seeds")
     _positive(steps, "--steps")
-    names = _names(estimators_, estimators.ESTIMATORS, "--estimators")
+    names = parse_registered(estimators_, estimators.ESTIMATORS, "--estimators", default=experiment.artefact_estimators)
     device = _device(device)
+    out = out if out is not None else DEFAULT_OUT_ROOT / experiment.artefact.slug
     with _guarded(ctx, out, resume, force):
-        try:
-            experiments.run_table3(scale, seeds, out, names, device, cache, steps, progress=not quiet, resume=resume)
-        except store.OutputError:
-            raise
-        except (RuntimeError, ValueError, NotImplementedError, FloatingPointError) as error:
-            _fail(error)
-    typer.echo((out / "table3.md").read_text())
-    typer.echo(f"wrote {out}/table3.md, table3.tex, table3_runs.csv, table3_curves.png/pdf")
+        text = experiment.paper_artefact(estimators=names, scale=scale, seeds=seeds, out=out, steps=steps,
+                                         device=device, cache=cache, progress=not quiet, resume=resume)
+    typer.echo(text)
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``optimize``, ``train listops`` and ``table`` to ``app``."""
+    """Add ``train``, ``optimize`` and ``table`` to ``app``."""
+    app.command("train")(train)
     app.command("optimize")(optimize)
-    app.add_typer(train_app, name="train")
     app.command("table")(table)

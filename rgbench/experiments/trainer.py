@@ -443,10 +443,12 @@ class Trainer:
             paths["checkpoint"], self._state(optimizer, generator, train_losses, critic_losses, time.perf_counter() - start))
         if config.eval_at_start and self.step == 0:
             self._evaluate(0, start, {"train_objective": float("nan")})
-        bar = tqdm(range(self.step + 1, config.steps + 1), disable=not self.progress,
+        # Counted by hand after each finished step (not by wrapping the range, which counts a
+        # step only when the next one starts): the last refresh shows steps/steps.
+        bar = tqdm(total=config.steps, initial=self.step, disable=not self.progress,
                    desc=self.run_info.get("run", "train"), leave=False)
         try:
-            for step in bar:
+            for step in range(self.step + 1, config.steps + 1):
                 store.check_stop()
                 self.problem.train(True)
                 loss, values = self._step_loss(generator)
@@ -461,6 +463,7 @@ class Trainer:
                 if critic:
                     critic_losses.append(self._critic_step(generator))
                 self.step = step
+                bar.update(1)
 
                 if step % config.eval_every == 0 or step == config.steps:
                     extra = {"train_objective": float(torch.stack(train_losses).mean()) if train_losses else float("nan")}

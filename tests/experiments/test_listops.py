@@ -16,13 +16,8 @@ import typer
 from typer.testing import CliRunner
 
 from rgbench import distributions, estimators
-from rgbench.experiments.paper import (
-    LISTOPS_ESTIMATORS,
-    PAPER_TABLE3,
-    summarise_table3,
-    table3_latex,
-    table3_markdown,
-)
+from rgbench.experiments.listops.run import LISTOPS_ESTIMATORS
+from rgbench.experiments.listops.table3 import PAPER_TABLE3, summarise_table3, table3_latex, table3_markdown
 from rgbench.experiments.listops.data import ListOpsSettings, generate, load_or_generate, to_text
 from rgbench.experiments.listops.model import ListOpsModel, TreeClassifier, edge_counts, mask_arc_logits, tree_indicator
 from rgbench.cli.train import register

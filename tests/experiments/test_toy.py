@@ -13,8 +13,11 @@ from typer.testing import CliRunner
 
 from tests import oracles
 from rgbench import distributions, estimators
-from rgbench.experiments.paper import TOY_ESTIMATORS, Scale, ToyProblem, TOY_SCALES, run_toy
-from rgbench.experiments.toy.losses import OPTIMUM, toy_loss, toy_structures
+from rgbench.experiments.scales import Scale
+from rgbench.experiments.toy.losses import toy_loss, toy_optimum, toy_structures
+from rgbench.experiments.toy.problem import ToyProblem
+from rgbench.experiments.toy.run import TOY_ESTIMATORS, run_toy
+from rgbench.experiments.toy.scales import TOY_SCALES
 from rgbench.cli.train import register
 
 
@@ -76,11 +79,11 @@ def test_spanning_tree_loss_is_minus_largest_degree():
 def test_optima_are_reached_by_the_known_structures(n):
     chain = [-1] + list(range(n - 1))  # 0 -> 1 -> ... -> n-1
     star = [-1] + [0] * (n - 1)
-    assert toy_loss("binary-tree")(parent_indicator(chain, n)).item() == OPTIMUM["binary-tree"](n)
-    assert toy_loss("cle")(parent_indicator(star, n)).item() == OPTIMUM["cle"](n)
+    assert toy_loss("binary-tree")(parent_indicator(chain, n)).item() == toy_optimum("binary-tree", n)
+    assert toy_loss("cle")(parent_indicator(star, n)).item() == toy_optimum("cle", n)
     sym = parent_indicator(star, n) + parent_indicator(star, n).T
-    assert toy_loss("kruskal")(sym).item() == OPTIMUM["kruskal"](n)
-    assert toy_loss("matching")(torch.eye(n)).item() == OPTIMUM["matching"](n)
+    assert toy_loss("kruskal")(sym).item() == toy_optimum("kruskal", n)
+    assert toy_loss("matching")(torch.eye(n)).item() == toy_optimum("matching", n)
 
 
 def test_losses_keep_leading_dimensions_and_reject_bad_shapes():
@@ -133,7 +136,7 @@ def test_optimize_matching_runs_end_to_end_with_every_estimator(tmp_path):
     for name in ("toy_table.md", "toy_curves.png", "toy_curves.pdf"):
         assert (out / name).stat().st_size > 0
     for name in available:
-        assert (out / "toy" / "matching" / f"{name}-seed0" / "metrics.csv").exists()
+        assert (out / "matching" / f"{name}-seed0" / "metrics.csv").exists()
 
 
 def test_optimize_reports_unsupported_pairs_as_skipped(tmp_path):

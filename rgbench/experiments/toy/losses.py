@@ -1,6 +1,7 @@
 """The authors' toy optimisation objectives, written on the indicator form of X.
 
-Each loss has a known optimum at dimension n, which the optimisation should approach
+``TOY_LOSSES`` holds one :class:`ToyLoss` record per structure: its loss and its known
+optimum at dimension n, which the optimisation should approach
 (DESIGN §8). Every function takes the indicator ``[..., n, n]`` that
 ``dist.indicator(x)`` returns and gives one loss per sample, shape ``[...]``:
 
@@ -22,13 +23,36 @@ piecewise linear in the indicator and accept SST's fractional one.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from rgbench.registry import Registry
 
-TOY_LOSSES: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("toy loss")
+Loss = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ToyLoss:
+    """The toy objective of one structure: ``loss(indicator)`` and ``optimum(n)``."""
+
+    structure: str
+    loss: Loss
+    optimum: Callable[[int], float]
+
+
+TOY_LOSSES: Registry[ToyLoss] = Registry("toy loss")
+
+
+def _toy_loss(structure: str, optimum: Callable[[int], float], aliases: tuple[str, ...] = ()):
+    """Register the decorated loss with its optimum under ``structure``."""
+
+    def decorator(loss: Loss) -> Loss:
+        TOY_LOSSES.register(structure, aliases)(ToyLoss(structure, loss, optimum))
+        return loss
+
+    return decorator
 
 
 def _check_square(indicator: torch.Tensor, name: str) -> None:
@@ -37,7 +61,7 @@ def _check_square(indicator: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: indicator must have shape (..., n, n), got {got}")
 
 
-@TOY_LOSSES.register("matching")
+@_toy_loss("matching", optimum=lambda n: -float(n))
 def matching_loss(indicator: torch.Tensor) -> torch.Tensor:
     """-(number of rows matched to their own column) = -trace(indicator); optimum -n.
 
@@ -47,7 +71,7 @@ def matching_loss(indicator: torch.Tensor) -> torch.Tensor:
     return -indicator.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
-@TOY_LOSSES.register("binary-tree")
+@_toy_loss("binary-tree", optimum=lambda n: -float(n))
 def binary_tree_loss(indicator: torch.Tensor) -> torch.Tensor:
     """-(height of the tree counted in nodes); optimum -n (a chain).
 
@@ -68,7 +92,7 @@ def binary_tree_loss(indicator: torch.Tensor) -> torch.Tensor:
 binary_tree_loss.accepts_relaxed = False
 
 
-@TOY_LOSSES.register("cle", aliases=("arborescence",))
+@_toy_loss("cle", optimum=lambda n: -float(n - 1), aliases=("arborescence",))
 def arborescence_loss(indicator: torch.Tensor) -> torch.Tensor:
     """-(largest out-degree of any vertex) = -max_i sum_j A[i, j]; optimum -(n-1) (every edge
     leaves the root). Cost O(n^2) per sample."""
@@ -76,7 +100,7 @@ def arborescence_loss(indicator: torch.Tensor) -> torch.Tensor:
     return -indicator.sum(-1).amax(-1)
 
 
-@TOY_LOSSES.register("kruskal", aliases=("spanning-tree",))
+@_toy_loss("kruskal", optimum=lambda n: -float(n - 1), aliases=("spanning-tree",))
 def spanning_tree_loss(indicator: torch.Tensor) -> torch.Tensor:
     """-(largest degree of any vertex) of the symmetric adjacency; optimum -(n-1) (a star).
     Cost O(n^2) per sample."""
@@ -84,18 +108,14 @@ def spanning_tree_loss(indicator: torch.Tensor) -> torch.Tensor:
     return -indicator.sum(-1).amax(-1)
 
 
-#: The known optimum of each toy loss at dimension n.
-OPTIMUM: dict[str, Callable[[int], float]] = {
-    "matching": lambda n: -float(n),
-    "binary-tree": lambda n: -float(n),
-    "cle": lambda n: -float(n - 1),
-    "kruskal": lambda n: -float(n - 1),
-}
-
-
 def toy_loss(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The toy loss of a structure by registry name (``ValueError`` listing the valid ones)."""
-    return TOY_LOSSES.get(name)
+    return TOY_LOSSES.get(name).loss
+
+
+def toy_optimum(name: str, n: int) -> float:
+    """The known optimum of a structure's toy loss at dimension ``n``."""
+    return TOY_LOSSES.get(name).optimum(n)
 
 
 def toy_structures() -> list[str]:
