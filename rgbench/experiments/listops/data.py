@@ -6,7 +6,7 @@ opening bracket included), digit and closing bracket.
 
 Depth: a digit has depth 0, an operator 1 + the largest depth of its arguments. Each
 example draws its depth uniformly from ``depths`` (default 1..5: depths 2-5 plus depth-1
-examples, DESIGN §8), then an expression of exactly that depth: one argument (at a random
+examples, docs/design.md §6.2), then an expression of exactly that depth: one argument (at a random
 position) carries the depth, the others are digits or, with probability ``nest_prob``,
 shallower sub-expressions. Operators take ``min_args``..``max_args`` arguments; drafts
 longer than ``max_length`` tokens are redrawn. With ``balance_labels`` every (depth, answer)

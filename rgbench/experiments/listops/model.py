@@ -1,6 +1,6 @@
 """The unsupervised ListOps parser: an arc-scoring encoder and a tree GNN classifier.
 
-Paper §5.3 / DESIGN §8. Tokens ``[B, L]`` (PAD = 0 after ``lengths``) go through
+Paper §5.3 / docs/design.md §6.2. Tokens ``[B, L]`` (PAD = 0 after ``lengths``) go through
 
 * :class:`ArcScorer`: an embedding, a one-layer bidirectional LSTM (the paper's "pair of
   LSTMs", ``hidden`` units per direction, dropout on its input and output) and a biaffine

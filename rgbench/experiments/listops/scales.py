@@ -1,4 +1,4 @@
-"""ListOps scales and the authors' hyperparameters (DESIGN §8 has the paper's configuration).
+"""ListOps scales and the authors' hyperparameters (docs/design.md §6.2 has the paper's configuration).
 
 * ``smoke``: seconds, for CI: a few steps on tiny data; numbers mean nothing.
 * ``quick``: a CPU budget of 10-20 minutes per run for t-loo, e-loo and sst (20,000 / 1,000 /
@@ -27,7 +27,7 @@ from typing import Any
 from rgbench.experiments.listops.data import ListOpsSettings
 from rgbench.experiments.scales import Scale
 
-#: The authors' chosen hyperparameters (DESIGN §8); e-loo and relax borrow t-loo's.
+#: The authors' chosen hyperparameters (docs/design.md §6.2); e-loo and relax borrow t-loo's.
 LISTOPS_HYPER: dict[str, dict[str, Any]] = {
     "t-loo": {"lr": 1.86e-4, "weight_decay": 4.67e-5, "num_samples": 5, "options": {}},
     "e-loo": {"lr": 1.86e-4, "weight_decay": 4.67e-5, "num_samples": 5, "options": {}},

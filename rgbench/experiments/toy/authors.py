@@ -2,7 +2,7 @@
 (:data:`rgbench.experiments.toy.scales.AUTHORS_STEPS`).
 
 structure -> estimator -> (mean entry gradient std at logits 0 for a 3-sample estimate,
-final loss). Their spanning-tree loss is broken (DESIGN §7): no kruskal figures.
+final loss). Their spanning-tree loss is broken (docs/design.md §7): no kruskal figures.
 """
 
 AUTHORS_TOY = {

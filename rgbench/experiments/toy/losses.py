@@ -2,7 +2,7 @@
 
 ``TOY_LOSSES`` holds one :class:`ToyLoss` record per structure: its loss and its known
 optimum at dimension n, which the optimisation should approach
-(DESIGN §8). Every function takes the indicator ``[..., n, n]`` that
+(docs/design.md §6.1). Every function takes the indicator ``[..., n, n]`` that
 ``dist.indicator(x)`` returns and gives one loss per sample, shape ``[...]``:
 
 ================  ===========================  ======================================  =========
@@ -14,7 +14,7 @@ registry name     indicator                     loss                            
 ``kruskal``       symmetric adjacency          -(largest degree)                        -(n-1)
 ================  ===========================  ======================================  =========
 
-The spanning-tree loss replaces the authors' broken one (DESIGN §7: it indexed edges where
+The spanning-tree loss replaces the authors' broken one (docs/design.md §7: it indexed edges where
 it meant endpoints). The height is discrete (a Boolean transitive closure), so the
 binary-tree loss refuses relaxed input (``accepts_relaxed = False``); the others are
 piecewise linear in the indicator and accept SST's fractional one.
