@@ -125,7 +125,7 @@ def test_noise_given_trace_matches_rejection_sampling(name):
         *(t.expand((draws,) + t.shape) for t in trace)
     )
     conditional = dist.noise_given_trace(expanded, generator=torch.Generator().manual_seed(6))
-    usable = dist._usable
+    usable = dist.support_mask
     a, b = accepted[:, usable], conditional[:, usable]
     assert len(a) > 1000
     se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
@@ -252,7 +252,7 @@ def test_runs_on_cuda(name):
 def unit_scale(dist, scale):
     """``dist`` with its logits divided by ``scale``: the same support, so its traces are
     traces of ``dist`` (noise cannot span the 2000 nats of scale 400, so they are drawn here)."""
-    return type(dist)(dist.logits.detach() / scale, **dist._extra_args())
+    return dist.with_logits(dist.logits.detach() / scale)
 
 
 @pytest.mark.parametrize("name", NAMES)

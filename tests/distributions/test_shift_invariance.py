@@ -30,7 +30,7 @@ def shifted(name, dtype, shift, seed):
     """The n = 4 instance of ``name`` in float64, and the same logits shifted, in ``dtype``."""
     base = make(name, 4, seed=seed, scale=0.7)
     logits = (base.logits + shift).to(dtype)
-    return base, type(base)(logits, **base._extra_args())
+    return base, base.with_logits(logits)
 
 
 def chi_square_p(observed: torch.Tensor, expected: torch.Tensor) -> float:
@@ -56,7 +56,7 @@ def test_sampled_traces_follow_the_unshifted_law(name, dtype, shift):
     counts = Counter(index[key] for key in keys)
     observed = torch.tensor([counts.get(i, 0) for i in range(len(index))], dtype=torch.float64)
     assert chi_square_p(observed, draws * enum.log_probs.exp().detach()) > ALPHA
-    assert torch.isfinite(sample.noise[dist._usable.expand(sample.noise.shape)]).all()
+    assert torch.isfinite(sample.noise[dist.support_mask.expand(sample.noise.shape)]).all()
 
 
 @pytest.mark.parametrize("dtype, shift", SHIFTS, ids=IDS)
@@ -69,7 +69,7 @@ def test_noise_given_trace_replays_every_trace(name, dtype, shift):
     traces = type(enum.traces)(*(t.repeat((50,) + (1,) * (t.dim() - 1)) for t in enum.traces)) \
         if not isinstance(enum.traces, torch.Tensor) else enum.traces.repeat((50,) + (1,) * (enum.traces.dim() - 1))
     noise = dist.noise_given_trace(traces, generator=torch.Generator().manual_seed(6))
-    assert torch.isfinite(noise[dist._usable.expand(noise.shape)]).all()
+    assert torch.isfinite(noise[dist.support_mask.expand(noise.shape)]).all()
     _, replayed = dist.solve(noise)
     assert traces_equal(replayed, traces), f"{count} traces x 50 draws"
 
@@ -104,11 +104,11 @@ def test_same_seed_same_samples_at_any_offset(name):
     """The noise frame follows the logits: the same generator state gives the same X and T at
     shift 0 and at shift 60 (float64, where both are exact), and noise equal up to rounding."""
     base = make(name, 6, batch_shape=(3,), seed=24)
-    moved = type(base)(base.logits + 60.0, **base._extra_args())
+    moved = base.with_logits(base.logits + 60.0)
     a = base.sample_with_trace((20,), generator=torch.Generator().manual_seed(8))
     b = moved.sample_with_trace((20,), generator=torch.Generator().manual_seed(8))
     assert torch.equal(a.x, b.x) and traces_equal(a.trace, b.trace)
-    usable = base._usable.expand(a.noise.shape)
+    usable = base.support_mask.expand(a.noise.shape)
     assert torch.allclose(a.noise[usable], b.noise[usable], rtol=1e-12)
 
 
@@ -117,4 +117,4 @@ def test_same_seed_same_samples_at_any_offset(name):
 def test_half_precision_is_refused(name, dtype):
     base = make(name, 4, seed=25)
     with pytest.raises(ValueError, match=f"float32 or float64, got {dtype}"):
-        type(base)(base.logits.to(dtype), **base._extra_args())
+        base.with_logits(base.logits.to(dtype))

@@ -258,7 +258,7 @@ def test_noise_given_trace_reproduces_traces_with_missing_edges():
     dist = SpanningTree(random_graph_logits(9, batch=4, seed=6))
     trace = dist.sample_with_trace((50,), generator=torch.Generator().manual_seed(1)).trace
     noise = dist.noise_given_trace(trace, generator=torch.Generator().manual_seed(2))
-    assert torch.isinf(noise.masked_select(~dist._usable.expand(noise.shape))).all()
+    assert torch.isinf(noise.masked_select(~dist.support_mask.expand(noise.shape))).all()
     assert torch.equal(dist.solve(noise)[1], trace)
 
 
@@ -278,9 +278,9 @@ def test_noise_given_trace_with_missing_edges_matches_rejection_sampling():
     draws = 40_000
     sample = dist.sample_with_trace((draws,), generator=torch.Generator().manual_seed(8))
     keep = (sample.trace == target).flatten(-2).all(-1)
-    accepted = sample.noise[keep][:, dist._usable]
+    accepted = sample.noise[keep][:, dist.support_mask]
     conditional = dist.noise_given_trace(target.expand(draws, n - 1, 2), generator=torch.Generator().manual_seed(9))
-    conditional = conditional[:, dist._usable]
+    conditional = conditional[:, dist.support_mask]
     assert len(accepted) > 1000
     se = (accepted.var(0) / len(accepted) + conditional.var(0) / draws).sqrt()
     z = ((accepted.mean(0) - conditional.mean(0)) / se).abs()
@@ -463,4 +463,4 @@ def test_sample_with_trace_equals_solve_on_its_noise(complete, dtype):
     assert torch.equal(sample.noise, noise)
     x, trace = dist.solve(noise)
     assert torch.equal(sample.x, x) and torch.equal(sample.trace, trace)
-    assert torch.equal(dist._edge_usable, dist._usable.flatten(-2)[..., dist._slots])
+    assert torch.equal(dist._edge_usable, dist.support_mask.flatten(-2)[..., dist._slots])
