@@ -25,23 +25,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
-import torch
 import typer
 
 from rgbench import distributions, estimators
 from rgbench.bench import store
+from rgbench.cli import options
 from rgbench.cli.options import DEFAULT_OUT_ROOT, command_line, fail, parse_registered
 from rgbench.experiments import EXPERIMENTS, find_artefact
 from rgbench.experiments.registry import Experiment, artefacts, describe_artefacts
 from rgbench.experiments.scales import Scale
-
-
-def _device(device: str) -> str:
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise typer.BadParameter(f"--device must be cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise typer.BadParameter("--device cuda was requested but CUDA is not available on this machine")
-    return device
 
 
 def _positive(value: Optional[int], option: str) -> Optional[int]:
@@ -133,7 +125,7 @@ def _train(ctx: typer.Context, experiment: Experiment, *, dists, estimators_, sc
     _positive(steps, "--steps")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise typer.BadParameter(f"--lr must be a positive number, got {lr}", param_hint="--lr")
-    device = _device(device)
+    device = options.device(device)
     out = out if out is not None else DEFAULT_OUT_ROOT / experiment.name
     with _guarded(ctx, out, resume, force):
         text = experiment.train(estimators=names, scale=scale, seed=seed, out=out, steps=steps, device=device,
@@ -237,7 +229,7 @@ def table(
     _positive(seeds, "--seeds")
     _positive(steps, "--steps")
     names = parse_registered(estimators_, estimators.ESTIMATORS, "--estimators", default=experiment.artefact_estimators)
-    device = _device(device)
+    device = options.device(device)
     out = out if out is not None else DEFAULT_OUT_ROOT / experiment.artefact.slug
     with _guarded(ctx, out, resume, force):
         text = experiment.paper_artefact(estimators=names, scale=scale, seeds=seeds, out=out, steps=steps,
