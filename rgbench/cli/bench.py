@@ -33,6 +33,7 @@ from rich.table import Table
 
 from rgbench import distributions, estimators
 from rgbench.bench import tasks
+from rgbench.cli import options
 from rgbench.cli import check as check_cli
 from rgbench.cli import train as training_cli
 from rgbench.cli.options import (
@@ -226,13 +227,9 @@ def variance(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the interrupted run in --out: keep its saved cells, compute the rest "
                          "(refused if its options differ).")] = False,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace the results in a non-empty --out (old files stay until new ones are written).")] = False,
-    threads: Annotated[int, typer.Option(
-        min=1, help="torch CPU threads. Default 1: stable per-estimate timings on a busy machine "
-                    "(recorded in the metadata).")] = 1,
-    figures: Annotated[bool, typer.Option(
-        help="Draw the figures (PNG and PDF); --no-figures is faster, `rgbench report` draws them later.")] = True,
+    force: options.Force = False,
+    threads: options.Threads = 1,
+    figures: options.Figures = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; for scripts.")] = False,
 ):
     """Measure bias, variance, SNR, cosine and cost of gradient estimators on structures.
@@ -292,13 +289,9 @@ def speed(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the interrupted run in --out: keep its saved operations, compute the rest "
                          "(refused if its options differ).")] = False,
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace the results in a non-empty --out (old files stay until new ones are written).")] = False,
-    threads: Annotated[int, typer.Option(
-        min=1, help="torch CPU threads. Default 1: stable per-estimate timings on a busy machine "
-                    "(recorded in the metadata).")] = 1,
-    figures: Annotated[bool, typer.Option(
-        help="Draw the figures (PNG and PDF); --no-figures is faster, `rgbench report` draws them later.")] = True,
+    force: options.Force = False,
+    threads: options.Threads = 1,
+    figures: options.Figures = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no table; for scripts.")] = False,
 ):
     """Time sampling, the trace log-probability (with backward), E | T and each estimator.

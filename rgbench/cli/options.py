@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -62,6 +63,15 @@ def command_line(context: typer.Context, **overrides) -> str:
             words += [flag, str(value.value if isinstance(value, Enum) else value)]
     return " ".join(words)
 
+
+# Options several commands share, declared once so their flags and help agree.
+Force = Annotated[bool, typer.Option(
+    "--force", help="Replace the results in a non-empty --out (old files stay until new ones are written).")]
+Threads = Annotated[int, typer.Option(
+    min=1, help="torch CPU threads. Default 1: stable per-estimate timings on a busy machine "
+                "(recorded in the metadata).")]
+Figures = Annotated[bool, typer.Option(
+    help="Draw the figures (PNG and PDF); --no-figures is faster, `rgbench report` draws them later.")]
 
 #: every command writes under this folder unless --out says otherwise
 DEFAULT_OUT_ROOT = Path("rgbench-results")

@@ -63,8 +63,6 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Continue the run in --out: reuse complete runs, continue an interrupted one from its "
                      "checkpoint.")]
-Force = Annotated[bool, typer.Option(
-    "--force", help="Start afresh in a non-empty --out (old files stay until new ones replace them).")]
 
 
 @contextmanager
@@ -150,7 +148,7 @@ def train(
         help="listops: override the learning rate (default: the scale's, else the estimator's).")] = None,
     quiet: Quiet = False,
     resume: Resume = False,
-    force: Force = False,
+    force: options.Force = False,
 ) -> None:
     """Train one paper experiment from the experiment registry.
 
@@ -180,7 +178,7 @@ def optimize(
     device: Device = "cpu",
     quiet: Quiet = False,
     resume: Resume = False,
-    force: Force = False,
+    force: options.Force = False,
 ) -> None:
     """The authors' toy optimisation (the same as `rgbench train toy`).
 
@@ -215,7 +213,7 @@ def table(
     cache: Cache = None,
     quiet: Quiet = False,
     resume: Resume = False,
-    force: Force = False,
+    force: options.Force = False,
 ) -> None:
     """Regenerate a paper table beside the paper's numbers (from the experiment registry).
 
