@@ -1,4 +1,4 @@
-"""Commands for the paper's training experiments: ``train``, ``optimize``, ``table``.
+"""Commands for the paper's training experiments: ``train``, ``optimize``, ``table``, ``figure``.
 
 ``register(app)`` adds them to a Typer app (the main ``rgbench`` CLI calls it). Every
 experiment comes from :data:`rgbench.experiments.EXPERIMENTS`:
@@ -7,11 +7,12 @@ experiment comes from :data:`rgbench.experiments.EXPERIMENTS`:
     rgbench optimize --dists cle ...          # the same as `rgbench train toy`
     rgbench train listops --estimator t-loo --scale quick --seed 0 --out DIR
     rgbench table --paper 3 --scale quick --seeds 3 --out DIR
+    rgbench figure --paper N --scale smoke --seeds 1
 
 User errors (unknown names, bad values, CUDA without a GPU, an unusable --out) exit with
 code 1 or 2 and a one-line reason; a failed run leaves ``status.json`` = failed in its folder.
 --out (default ``rgbench-results/<experiment>``, ``rgbench-results/table<N>``) is checked
-before any compute; a non-empty one needs --resume (continue: complete runs are reused, an
+before any compute (``rgbench-results/figure<N>`` for a figure); a non-empty one needs --resume (continue: complete runs are reused, an
 interrupted one continues from its checkpoint) or --force (start afresh; old files stay
 until new ones replace them). SIGINT/SIGTERM stop at the next step with a checkpoint, one
 line saying how to resume, and exit code 130/143.
@@ -110,9 +111,10 @@ def _dists(experiment: Experiment, value: Optional[str]) -> tuple[str, ...]:
 
 
 def _train(ctx: typer.Context, experiment: Experiment, *, dists, estimators_, scale, seed, out, steps, device, cache,
-           lr, quiet, resume, force) -> None:
-    """``rgbench train NAME``: check the options against the experiment's, then call its train entry."""
-    given = {"dists": dists, "lr": lr, "cache": cache}
+           lr, quiet, resume, force, encoder=None, k=None, mode=None, types=None) -> None:
+    """``rgbench train NAME``: check the options against the experiment's, then call its train entry
+    (which checks the values of its own options: --encoder, --mode, ...)."""
+    given = {"dists": dists, "lr": lr, "cache": cache, "encoder": encoder, "k": k, "mode": mode, "types": types}
     for option, value in given.items():
         if value is not None and option not in experiment.train_options:
             raise typer.BadParameter(f"train {experiment.name} has no --{option}", param_hint=f"--{option}")
@@ -121,6 +123,8 @@ def _train(ctx: typer.Context, experiment: Experiment, *, dists, estimators_, sc
         extra["dists"] = _dists(experiment, dists)
     names = parse_registered(estimators_, estimators.ESTIMATORS, "--estimators", default=experiment.train_estimators)
     _positive(steps, "--steps")
+    _positive(k, "--k")
+    _positive(types, "--types")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise typer.BadParameter(f"--lr must be a positive number, got {lr}", param_hint="--lr")
     device = options.device(device)
@@ -146,6 +150,10 @@ def train(
         help="listops: dataset cache folder (default $RGBENCH_CACHE or ~/.cache/rgbench).")] = None,
     lr: Annotated[Optional[float], typer.Option(
         help="listops: override the learning rate (default: the scale's, else the estimator's).")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="The experiment's encoder architecture, where it has several.")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="The subset size, for experiments with a top-k latent.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="The experiment's training mode, where it has several.")] = None,
+    types: Annotated[Optional[int], typer.Option(help="The number of token types, where the data has that setting.")] = None,
     quiet: Quiet = False,
     resume: Resume = False,
     force: options.Force = False,
@@ -163,7 +171,8 @@ def train(
     from it; reports test accuracy and edge precision / recall of the best-validation checkpoint.
     """
     _train(ctx, _experiment(experiment), dists=dists, estimators_=estimators_, scale=scale, seed=seed, out=out,
-           steps=steps, device=device, cache=cache, lr=lr, quiet=quiet, resume=resume, force=force)
+           steps=steps, device=device, cache=cache, lr=lr, quiet=quiet, resume=resume, force=force, encoder=encoder,
+           k=k, mode=mode, types=types)
 
 
 def optimize(
@@ -194,36 +203,19 @@ def optimize(
 def _available(kind: str) -> str:
     """'only Table 3 (listops) is available' / 'available: Table 1 (l2x), Table 3 (listops)'."""
     pairs = artefacts(kind)
+    if not pairs:
+        return f"no {kind} is registered yet"
     if len(pairs) == 1:
         return f"only {describe_artefacts(kind)} is available"
     return f"available: {describe_artefacts(kind)}"
 
 
-def table(
-    ctx: typer.Context,
-    paper: Annotated[int, typer.Option(help="Which paper table to regenerate (registered: see the error for others).")] = 3,
-    scale: ScaleOption = Scale.quick,
-    seeds: Annotated[int, typer.Option(help="Seeds per estimator (0..seeds-1).")] = 3,
-    estimators_: Annotated[Optional[str], typer.Option(
-        "--estimators", help="Estimators, comma-separated, or 'all' (default: the table's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Output folder (default rgbench-results/table<N>; with --resume, complete runs are reused).")] = None,
-    steps: Steps = None,
-    device: Device = "cpu",
-    cache: Cache = None,
-    quiet: Quiet = False,
-    resume: Resume = False,
-    force: options.Force = False,
-) -> None:
-    """Regenerate a paper table beside the paper's numbers (from the experiment registry).
-
-    Runs every estimator x seed (with --resume, reusing complete runs) and writes the table in the paper's
-    format (mean ± std and max over seeds) with the paper's numbers in adjacent columns, as
-    Markdown and LaTeX, and the validation curves of every run as a figure.
-    """
-    experiment = find_artefact("table", paper)
+def _paper_artefact(ctx: typer.Context, kind: str, number: int, *, scale, seeds, estimators_, out, steps, device, cache,
+                    quiet, resume, force) -> None:
+    """``rgbench table|figure --paper N``: find the experiment registered for it and run its grid."""
+    experiment = find_artefact(kind, number)
     if experiment is None:
-        _usage_error(f"--paper {paper}: Table {paper} is not registered; {_available('table')}")
+        _usage_error(f"--paper {number}: {kind.capitalize()} {number} is not registered; {_available(kind)}")
     _positive(seeds, "--seeds")
     _positive(steps, "--steps")
     names = parse_registered(estimators_, estimators.ESTIMATORS, "--estimators", default=experiment.artefact_estimators)
@@ -235,8 +227,63 @@ def table(
     typer.echo(text)
 
 
+Seeds = Annotated[int, typer.Option(help="Seeds per estimator and setting (0..seeds-1).")]
+ArtefactEstimators = Annotated[Optional[str], typer.Option(
+    "--estimators", help="Estimators, comma-separated, or 'all' (default: the artefact's).")]
+
+
+def table(
+    ctx: typer.Context,
+    paper: Annotated[int, typer.Option(help="Which paper table to regenerate (registered: see the error for others).")] = 3,
+    scale: ScaleOption = Scale.quick,
+    seeds: Seeds = 3,
+    estimators_: ArtefactEstimators = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default rgbench-results/table<N>; with --resume, complete runs are reused).")] = None,
+    steps: Steps = None,
+    device: Device = "cpu",
+    cache: Cache = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
+    force: options.Force = False,
+) -> None:
+    """Regenerate a paper table beside the paper's numbers (from the experiment registry).
+
+    Runs every estimator x seed x setting (with --resume, reusing complete runs) and writes the table in
+    the paper's format (mean ± std and max over seeds) with the paper's numbers in adjacent columns, as
+    Markdown and LaTeX, the runs as CSV, and the validation curves of every run as a figure.
+    """
+    _paper_artefact(ctx, "table", paper, scale=scale, seeds=seeds, estimators_=estimators_, out=out, steps=steps,
+                    device=device, cache=cache, quiet=quiet, resume=resume, force=force)
+
+
+def figure(
+    ctx: typer.Context,
+    paper: Annotated[int, typer.Option(help="Which paper figure to regenerate (registered: see the error for others).")] = 2,
+    scale: ScaleOption = Scale.quick,
+    seeds: Seeds = 3,
+    estimators_: ArtefactEstimators = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default rgbench-results/figure<N>; with --resume, complete runs are reused).")] = None,
+    steps: Steps = None,
+    device: Device = "cpu",
+    cache: Cache = None,
+    quiet: Quiet = False,
+    resume: Resume = False,
+    force: options.Force = False,
+) -> None:
+    """Regenerate a paper figure (from the experiment registry).
+
+    Runs every setting x seed (with --resume, reusing complete runs) and draws the figure (PNG, PDF) with
+    its numbers as CSV and a Markdown table.
+    """
+    _paper_artefact(ctx, "figure", paper, scale=scale, seeds=seeds, estimators_=estimators_, out=out, steps=steps,
+                    device=device, cache=cache, quiet=quiet, resume=resume, force=force)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``optimize`` and ``table`` to ``app``."""
+    """Add ``train``, ``optimize``, ``table`` and ``figure`` to ``app``."""
     app.command("train")(train)
     app.command("optimize")(optimize)
     app.command("table")(table)
+    app.command("figure")(figure)

@@ -13,9 +13,11 @@ needs from the record:
 Entry signatures (keyword arguments; each returns the text the CLI prints):
 
     train(*, estimators, scale, seed, out, steps, device, progress, resume, **extra) -> str
-    paper_artefact(*, estimators, scale, seeds, out, steps, device, cache, progress, resume) -> str
+    paper_artefact(*, estimators, scale, seeds, out, steps, device, cache, progress, resume, executor) -> str
 
-``extra`` holds the experiment's own options by name (``dists``, ``lr``, ``cache``).
+``extra`` holds the experiment's own options by name (those of :data:`TRAIN_OPTIONS` it lists
+in ``train_options``). ``executor`` (None: the local one) runs the artefact's training runs:
+build the grid with :func:`rgbench.experiments.sweep.run_sweep`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from rgbench.experiments.scales import Scale
 from rgbench.registry import Registry
 
 #: the experiment-specific options ``rgbench train`` knows; an experiment lists the ones it reads
-TRAIN_OPTIONS = ("dists", "lr", "cache")
+#: (structures, learning rate, dataset cache, encoder architecture, subset size k, training
+#: mode, number of token types)
+TRAIN_OPTIONS = ("dists", "lr", "cache", "encoder", "k", "mode", "types")
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,27 @@ def test_the_progress_bar_ends_at_the_last_step(capsys):
     Trainer(problem, estimators.get("t-loo", num_samples=3), config, None, {"run": "bar"}, "cpu", True).run()
     counts = re.findall(r"(\d+)/30", capsys.readouterr().err)
     assert counts and counts[-1] == "30"
+
+
+def test_figure_runs_the_experiment_registered_for_it(tmp_path):
+    calls = []
+
+    def paper_artefact(**arguments):
+        calls.append(arguments)
+        return "drawn"
+
+    listops = EXPERIMENTS.get("listops")
+    extra = Experiment(**{**listops.__dict__, "name": "extra", "artefact": Artefact("figure", 7),
+                          "paper_artefact": paper_artefact})
+    register_experiment(extra)
+    try:
+        missing = CliRunner().invoke(cli(), ["figure", "--paper", "99"])
+        assert missing.exit_code == 2 and "only Figure 7 (extra) is available" in missing.output
+        result = CliRunner().invoke(cli(), ["figure", "--paper", "7", "--scale", "smoke", "--seeds", "2", "--out",
+                                            str(tmp_path / "figure7"), "-q"])
+        assert result.exit_code == 0 and "drawn" in result.output, result.output
+        (arguments,) = calls
+        assert arguments["seeds"] == 2 and arguments["out"] == tmp_path / "figure7"
+        assert arguments["estimators"] == listops.artefact_estimators
+    finally:
+        EXPERIMENTS.unregister("extra")

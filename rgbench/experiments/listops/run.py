@@ -16,13 +16,15 @@ import torch
 
 from rgbench import estimators
 from rgbench.bench import store
-from rgbench.experiments.files import run_is_complete, write_csv
+from rgbench.bench.executor import Executor
+from rgbench.experiments.files import write_csv
 from rgbench.experiments.listops.data import load_or_generate
 from rgbench.experiments.listops.model import ListOpsModel
 from rgbench.experiments.listops.problem import ListOpsProblem
 from rgbench.experiments.listops.scales import LISTOPS_SCALES, listops_hyper
 from rgbench.experiments.listops.table3 import TABLE3_FILES, plot_table3_curves, summarise_table3, table3_latex, table3_markdown
 from rgbench.experiments.scales import Scale
+from rgbench.experiments.sweep import Run, run_sweep
 from rgbench.experiments.trainer import TrainConfig, Trainer
 
 LISTOPS_ESTIMATORS = ("sst", "e-loo", "t-loo", "relax")
@@ -105,6 +107,7 @@ def run_table3(
     steps: int | None = None,
     progress: bool = True,
     resume: bool = False,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """Run the grid estimator x seed and write ``table3_runs.csv``, ``table3.md``,
     ``table3.tex`` and the validation curves ``table3_curves.png`` / ``.pdf``; each is
@@ -112,18 +115,17 @@ def run_table3(
     the same configuration are reused and an interrupted one continues from its checkpoint.
     Returns the per-run frame."""
     out = Path(out)
-    rows = []
-    for name in estimator_names:
-        name = estimators.ESTIMATORS.canonical(name)
-        for seed in range(seeds):
-            run_dir = out / "runs" / f"{name}-seed{seed}"
-            done = run_is_complete(run_dir) if resume else None
-            expected_steps = steps if steps is not None else LISTOPS_SCALES[Scale(scale)].steps
-            if done is not None and done.get("scale") == Scale(scale).value and done.get("steps") == expected_steps:
-                rows.append(done)
-                continue
-            rows.append(run_listops(name, scale, seed, run_dir, device, cache_dir, steps, progress, resume=resume))
-            _write_table3(out, rows, scale, figure=False)
+    expected_steps = steps if steps is not None else LISTOPS_SCALES[Scale(scale)].steps
+    runs = [
+        Run(f"{name}-seed{seed}",
+            {"estimator_name": name, "scale": scale, "seed": seed, "device": device, "cache_dir": cache_dir,
+             "steps": steps},
+            {"scale": Scale(scale).value, "steps": expected_steps})
+        for name in (estimators.ESTIMATORS.canonical(name) for name in estimator_names)
+        for seed in range(seeds)
+    ]  # fmt: skip
+    rows = run_sweep(runs, run_listops, out, resume=resume, progress=progress, executor=executor,
+                     on_rows=lambda rows: _write_table3(out, rows, scale, figure=False))
     return _write_table3(out, rows, scale, figure=True)
 
 
@@ -141,7 +143,9 @@ def _write_table3(out: Path, rows: list[dict[str, Any]], scale: Scale, figure: b
     return runs
 
 
-def paper_artefact(*, estimators, scale, seeds, out, steps, device, cache, progress, resume) -> str:
+def paper_artefact(*, estimators, scale, seeds, out, steps, device, cache, progress, resume, executor=None,
+                   **_) -> str:
     """The registry's ``paper_artefact`` entry (``rgbench table --paper 3``)."""
-    run_table3(scale, seeds, out, estimators, device, cache, steps, progress=progress, resume=resume)
+    run_table3(scale, seeds, out, estimators, device, cache, steps, progress=progress, resume=resume,
+               executor=executor)
     return f"{(Path(out) / 'table3.md').read_text()}\nwrote {out}/{', '.join(TABLE3_FILES)}"
